@@ -1,0 +1,44 @@
+# iot-gateway: every day-to-day command. `make` alone lists them.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+export UV_PYTHON_DOWNLOADS := never
+UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+PY := .venv/bin/python
+BENCH ?= all
+PYTEST_ARGS ?=
+
+.PHONY: help deps run test lint fmt bench openapi docs clean
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+
+deps: ## Install system packages, uv and the locked Python environment (idempotent)
+	@bash .ci/bootstrap.sh
+
+run: deps ## Run the stack here as processes: Redis, HTTP ingest on :8000, forwarder -> var/outbox/
+	@$(PY) -m iotgw_supervisor
+
+lint: deps ## ruff and mypy (strict on libs/)
+	$(UV) run --frozen ruff check libs services tests
+	$(UV) run --frozen ruff format --check libs services tests
+	$(UV) run --frozen mypy -p iotgw_core -p iotgw_ingest_http -p iotgw_forwarder -p iotgw_supervisor
+
+test: lint ## Install what is missing, lint, then the whole test suite (what CI runs)
+	$(UV) run --frozen pytest $(PYTEST_ARGS)
+
+fmt: deps ## Format and auto-fix
+	$(UV) run --frozen ruff check --fix libs services tests
+	$(UV) run --frozen ruff format libs services tests
+
+bench: ## Benchmarks that print figures into var/bench/results.json (BENCH=http|all)
+	@BOOTSTRAP_BENCH=1 bash .ci/bootstrap.sh
+	$(PY) -m tests.bench --group $(BENCH)
+
+openapi: deps ## Regenerate docs/openapi.json from the service
+	$(PY) -m iotgw_ingest_http --dump-openapi > docs/openapi.json
+
+docs: deps ## Regenerate the settings tables in docs/configuration.md
+	$(PY) -m tests.tools.gen_config_doc > docs/configuration.md
+
+clean: ## Remove var/ (spool, outbox, redis data) and caches
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,46 @@
+"""Record identifiers: UUIDv7 (RFC 9562), time-ordered so that ids sort like arrival."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+
+_lock = threading.Lock()
+_last_ms = 0
+_counter = 0
+
+
+def uuid7() -> uuid.UUID:
+    """Return a new UUIDv7.
+
+    The 48-bit millisecond timestamp leads; within one millisecond a 12-bit
+    counter (``rand_a``) keeps ids of one process strictly increasing, the rest
+    is random.
+    """
+    global _last_ms, _counter
+    with _lock:
+        ms = time.time_ns() // 1_000_000
+        if ms <= _last_ms:
+            _counter += 1
+            if _counter > 0xFFF:  # counter exhausted: borrow the next millisecond
+                _last_ms += 1
+                _counter = 0
+            ms = _last_ms
+        else:
+            _last_ms = ms
+            _counter = 0
+        counter = _counter
+    rand_b = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+    value = (ms & ((1 << 48) - 1)) << 80
+    value |= 0x7 << 76
+    value |= counter << 64
+    value |= 0b10 << 62
+    value |= rand_b
+    return uuid.UUID(int=value)
+
+
+def uuid7_str() -> str:
+    """Return a new UUIDv7 in its canonical text form."""
+    return str(uuid7())

@@ -1,0 +1,322 @@
+"""The ingest pipeline shared by every transport (HTTP, MQTT).
+
+validate -> envelope -> group-committed spool append -> (after the commit)
+hand-off to the Redis Stream. The sender may be acknowledged as soon as
+:meth:`IngestPipeline.submit` returns: the record is on disk. The stream
+hand-off runs behind it, in commit order; if Redis is away the record stays
+``Enqueued`` in the spool and the forwarder's reconciler hands it off later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from redis.exceptions import RedisError
+
+from . import metrics
+from .envelope import Envelope, GatewayInfo, RecordClass, Source, TraceContext, encode_envelope
+from .ids import uuid7_str
+from .settings import CommonSettings
+from .spool import AppendResult, NewRecord, Spool, SpoolWriter, State, Totals
+from .stream import RecordStream, StreamEntry, connect
+from .validation import Reading, utc_now
+
+log = logging.getLogger(__name__)
+
+TRACEPARENT_RE = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+
+
+class Refused(Exception):
+    """The gateway will not take readings now (draining, spool full or failing)."""
+
+    def __init__(self, code: str, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True, slots=True)
+class Watermarks:
+    """Budget marks in records and bytes; above ``high`` ingest refuses until below ``low``."""
+
+    high_records: int
+    high_bytes: int
+    low_records: int
+    low_bytes: int
+
+    @classmethod
+    def from_settings(cls, s: CommonSettings) -> Watermarks:
+        """Marks as fractions of the spool budget."""
+        return cls(
+            high_records=int(s.spool_max_records * s.spool_high_water),
+            high_bytes=int(s.spool_max_bytes * s.spool_high_water),
+            low_records=int(s.spool_max_records * s.spool_low_water),
+            low_bytes=int(s.spool_max_bytes * s.spool_low_water),
+        )
+
+    def above_high(self, t: Totals) -> bool:
+        """True when either budget is at or over its high-water mark."""
+        return t.records >= self.high_records or t.bytes >= self.high_bytes
+
+    def below_low(self, t: Totals) -> bool:
+        """True when both budgets are under their low-water marks."""
+        return t.records < self.low_records and t.bytes < self.low_bytes
+
+
+class IngestPipeline:
+    """Spool, group commit, stream hand-off, backpressure and sink-ack waiting."""
+
+    def __init__(
+        self,
+        settings: CommonSettings,
+        source: Source,
+        *,
+        commit_max_batch: int = 1024,
+        retry_after_s: int = 5,
+        ack_mode: Literal["enqueue", "sink"] = "enqueue",
+    ) -> None:
+        self.settings = settings
+        self.source: Source = source
+        self.retry_after_s = retry_after_s
+        self.ack_mode = ack_mode
+        self.gateway = GatewayInfo(id=settings.gateway_id)
+        self.spool = Spool(settings.spool_path, synchronous="FULL")
+        self.writer = SpoolWriter(self.spool, max_batch=commit_max_batch, on_commit=self._on_commit)
+        self.redis = connect(settings.redis_url)
+        self.stream = RecordStream(self.redis, settings.stream_key, settings.stream_group)
+        self.marks = Watermarks.from_settings(settings)
+        self.full = False
+        self.draining = False
+        self.stream_ok = False
+        self.stream_error: str | None = None
+        self.totals = Totals(0, 0)
+        self._handoff: asyncio.Queue[list[StreamEntry]] = asyncio.Queue()
+        self._waiters: dict[str, asyncio.Future[None]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- life cycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the writer thread and the background loops."""
+        self.writer.start()
+        self._set_totals(await asyncio.to_thread(self.spool.totals))
+        self._tasks.append(asyncio.create_task(self._handoff_loop(), name="stream-handoff"))
+        self._tasks.append(asyncio.create_task(self._budget_loop(), name="spool-budget"))
+        if self.ack_mode == "sink":
+            self._tasks.append(asyncio.create_task(self._acked_listener(), name="acked-listener"))
+
+    def begin_drain(self) -> None:
+        """Refuse new readings from now on (shutdown or an operator's drain)."""
+        self.draining = True
+        metrics.DRAINING.set(1)
+
+    async def stop(self, handoff_timeout_s: float = 5.0) -> None:
+        """Drain: commit what is queued, hand it to the stream, close everything."""
+        self.begin_drain()
+        await self.writer.stop()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._handoff.join(), handoff_timeout_s)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.redis.aclose()
+        self.spool.close()
+
+    # -- admission and building -------------------------------------------------------
+
+    def check_admission(self) -> None:
+        """Raise Refused while draining or over the high-water mark."""
+        if self.draining:
+            raise Refused("draining", "the gateway is draining; retry later", self.retry_after_s)
+        if self.full:
+            raise Refused(
+                "spool_full",
+                "the spool is over its high-water mark; retry later",
+                self.retry_after_s,
+            )
+
+    def build(
+        self,
+        reading: Reading,
+        *,
+        device_id: str,
+        tenant: str | None = None,
+        site: str | None = None,
+        record_class: RecordClass = "telemetry",
+        traceparent: str | None = None,
+    ) -> NewRecord:
+        """Wrap a validated reading in an envelope and serialize it for the spool."""
+        received_at = utc_now()
+        if traceparent is not None and not TRACEPARENT_RE.match(traceparent):
+            traceparent = None
+        env = Envelope(
+            id=uuid7_str(),
+            tenant=tenant or self.settings.tenant,
+            site=site or self.settings.site,
+            device_id=device_id,
+            record_class=record_class,
+            seq=reading.seq,
+            ts=reading.ts or received_at,
+            received_at=received_at,
+            source=self.source,
+            gateway=self.gateway,
+            metrics=reading.metrics,
+            tags=reading.tags,
+            payload=reading.payload,
+            trace=TraceContext(traceparent=traceparent) if traceparent else None,
+        )
+        return NewRecord(
+            id=env.id,
+            tenant=env.tenant,
+            device_id=device_id,
+            seq=reading.seq,
+            body=encode_envelope(env),
+            traceparent=traceparent,
+        )
+
+    # -- the durable part ---------------------------------------------------------------
+
+    async def submit(self, records: Sequence[NewRecord]) -> list[AppendResult]:
+        """Append records to the spool; returns once they are committed (durable)."""
+        started = time.perf_counter()
+        results = await self.writer.append_many(records)
+        metrics.SPOOL_COMMIT_SECONDS.observe(time.perf_counter() - started)
+        return results
+
+    def _on_commit(
+        self, records: Sequence[NewRecord], results: Sequence[AppendResult], totals: Totals
+    ) -> None:
+        # Runs on the event loop right after a commit, in commit order.
+        metrics.SPOOL_COMMIT_BATCH.observe(len(records))
+        self._set_totals(totals)
+        entries = [
+            StreamEntry(res.rid, res.id, rec.tenant, rec.device_id, rec.traceparent)
+            for rec, res in zip(records, results, strict=True)
+            if not res.duplicate
+        ]
+        if entries:
+            self._handoff.put_nowait(entries)
+
+    async def _handoff_loop(self) -> None:
+        while True:
+            entries = await self._handoff.get()
+            batches = 1
+            while not self._handoff.empty() and len(entries) < 5000:
+                entries.extend(self._handoff.get_nowait())
+                batches += 1
+            try:
+                await self.stream.add_many(entries)
+                self.stream_ok, self.stream_error = True, None
+            except (RedisError, OSError) as exc:
+                # Committed and acknowledged already: the reconciler re-enqueues them.
+                self.stream_ok, self.stream_error = False, str(exc)
+                metrics.STREAM_HANDOFF_FAILURES.inc(len(entries))
+                log.warning("stream hand-off of %d records failed: %s", len(entries), exc)
+            finally:
+                for _ in range(batches):
+                    self._handoff.task_done()
+
+    # -- backpressure -------------------------------------------------------------------
+
+    def _set_totals(self, totals: Totals) -> None:
+        self.totals = totals
+        if not self.full and self.marks.above_high(totals):
+            self.full = True
+            log.warning("spool over its high-water mark (%s): refusing readings", totals)
+        elif self.full and self.marks.below_low(totals):
+            self.full = False
+            log.info("spool below its low-water mark (%s): accepting again", totals)
+        metrics.BACKPRESSURE.set(1 if self.full else 0)
+        metrics.SPOOL_BYTES.set(totals.bytes)
+
+    async def _budget_loop(self) -> None:
+        # Other processes change the totals too (forwarder pruning, other ingest).
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                totals = await asyncio.to_thread(self.spool.totals)
+                if self.marks.above_high(totals) or self.full:
+                    # Acked records are delivered: they make room before anyone is refused.
+                    excess = totals.records - self.marks.low_records
+                    if excess > 0 or totals.bytes >= self.marks.low_bytes:
+                        pruned = await asyncio.to_thread(
+                            self.spool.prune_oldest_acked, max(excess, 1000)
+                        )
+                        if pruned:
+                            metrics.PRUNED.labels("budget").inc(pruned)
+                            totals = await asyncio.to_thread(self.spool.totals)
+                self._set_totals(totals)
+            except Exception:
+                log.exception("spool budget check failed")
+
+    # -- ack mode "sink" ------------------------------------------------------------------
+
+    async def wait_delivered(self, results: Sequence[AppendResult], timeout_s: float) -> bool:
+        """Wait until every record is Acked by the sink, at most ``timeout_s``."""
+        loop = asyncio.get_running_loop()
+        pending: list[asyncio.Future[None]] = []
+        for res in results:
+            if res.state is State.ACKED:
+                continue
+            fut = self._waiters.get(res.id)
+            if fut is None:
+                fut = self._waiters[res.id] = loop.create_future()
+            pending.append(fut)
+        if not pending:
+            return True
+        try:
+            await asyncio.wait_for(asyncio.gather(*(asyncio.shield(f) for f in pending)), timeout_s)
+            return True
+        except TimeoutError:
+            # A missed notification must not make a delivered record look undelivered.
+            states = await asyncio.to_thread(
+                lambda: [self.spool.get(r.id) for r in results if r.state is not State.ACKED]
+            )
+            return all(s is not None and s.state is State.ACKED for s in states)
+        finally:
+            for res in results:
+                fut = self._waiters.get(res.id)
+                if fut is not None and (fut.done() or fut in pending):
+                    self._waiters.pop(res.id, None)
+
+    async def _acked_listener(self) -> None:
+        while True:
+            try:
+                pubsub = self.redis.pubsub()
+                await pubsub.subscribe(self.stream.acked_channel)
+                async for message in pubsub.listen():
+                    if message.get("type") != "message":
+                        continue
+                    for record_id in message["data"].decode().split(","):
+                        fut = self._waiters.get(record_id)
+                        if fut is not None and not fut.done():
+                            fut.set_result(None)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("acked listener: %s", exc)
+                await asyncio.sleep(1.0)
+
+    # -- status -----------------------------------------------------------------------------
+
+    async def forwarder_status(self) -> dict[str, object]:
+        """What the forwarder last reported about its sink (via Redis), or unknown."""
+        try:
+            raw = await self.redis.get(self.stream.status_key)
+        except (RedisError, OSError) as exc:
+            return {"status": "unknown", "error": f"redis: {exc}"}
+        if raw is None:
+            return {"status": "unknown", "error": "no forwarder has reported"}
+        report: dict[str, object] = json.loads(raw)
+        return report

@@ -1,0 +1,543 @@
+"""The spool: SQLite in WAL mode, the gateway's source of truth for every record.
+
+A record moves ``Enqueued -> InFlight -> Acked | Dead``. Ingest appends with
+``synchronous=FULL``: a commit returns only after the WAL is fsynced, so a
+record acknowledged to its sender survives a crash or a power cut. The
+forwarder's state changes may use ``synchronous=NORMAL``: the last few
+``Acked`` marks can roll back on a power cut, which costs a re-delivery
+(at-least-once), never a loss. See docs/spool.md.
+
+:class:`SpoolWriter` is the group commit: appends from many coroutines are
+gathered by one writer thread into one transaction, and each sender is
+answered only after that transaction committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+from typing import Literal
+
+SCHEMA_VERSION = 1
+_CHUNK = 500  # bound on SQL parameters per statement
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    rid         INTEGER PRIMARY KEY,          -- spool order: commit order
+    id          TEXT    NOT NULL UNIQUE,      -- UUIDv7, stable across re-deliveries
+    tenant      TEXT    NOT NULL,
+    device_id   TEXT    NOT NULL,
+    seq         INTEGER,
+    state       INTEGER NOT NULL,             -- 0 Enqueued, 1 InFlight, 2 Acked, 3 Dead
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    last_error  TEXT,
+    created_at  REAL    NOT NULL,
+    updated_at  REAL    NOT NULL,
+    acked_at    REAL,
+    traceparent TEXT,
+    size        INTEGER NOT NULL,
+    body        BLOB    NOT NULL              -- the envelope's JSON
+);
+CREATE UNIQUE INDEX IF NOT EXISTS ux_records_idempotency
+    ON records(tenant, device_id, seq) WHERE seq IS NOT NULL;
+CREATE INDEX IF NOT EXISTS ix_records_pending
+    ON records(tenant, device_id, rid) WHERE state IN (0, 1);
+CREATE INDEX IF NOT EXISTS ix_records_pending_rid ON records(rid) WHERE state IN (0, 1);
+CREATE INDEX IF NOT EXISTS ix_records_state ON records(state, updated_at);
+CREATE TABLE IF NOT EXISTS totals (
+    one     INTEGER PRIMARY KEY CHECK (one = 1),
+    records INTEGER NOT NULL,
+    bytes   INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO totals(one, records, bytes) VALUES (1, 0, 0);
+CREATE TRIGGER IF NOT EXISTS tr_records_insert AFTER INSERT ON records BEGIN
+    UPDATE totals SET records = records + 1, bytes = bytes + NEW.size WHERE one = 1;
+END;
+CREATE TRIGGER IF NOT EXISTS tr_records_delete AFTER DELETE ON records BEGIN
+    UPDATE totals SET records = records - 1, bytes = bytes - OLD.size WHERE one = 1;
+END;
+"""
+
+
+class State(IntEnum):
+    """Life cycle of a record, named as the reference documents name it."""
+
+    ENQUEUED = 0
+    INFLIGHT = 1
+    ACKED = 2
+    DEAD = 3
+
+    @property
+    def label(self) -> str:
+        """The state's name as shown to operators: Enqueued, InFlight, Acked, Dead."""
+        return _LABELS[self]
+
+
+_LABELS = {
+    State.ENQUEUED: "Enqueued",
+    State.INFLIGHT: "InFlight",
+    State.ACKED: "Acked",
+    State.DEAD: "Dead",
+}
+
+
+class SpoolError(Exception):
+    """The spool could not do what was asked (disk full, I/O error, locked too long)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewRecord:
+    """A record to append: its envelope already serialized."""
+
+    id: str
+    tenant: str
+    device_id: str
+    seq: int | None
+    body: bytes
+    traceparent: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """Outcome of one append. For a duplicate, ``id``/``rid`` are the original record's."""
+
+    id: str
+    rid: int
+    duplicate: bool
+    state: State
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRecord:
+    """A record as the spool holds it."""
+
+    rid: int
+    id: str
+    tenant: str
+    device_id: str
+    seq: int | None
+    state: State
+    attempts: int
+    last_error: str | None
+    created_at: float
+    traceparent: str | None
+    body: bytes
+
+    @property
+    def device_key(self) -> tuple[str, str]:
+        """Per-device ordering key."""
+        return (self.tenant, self.device_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """Records and bytes held, all states together (what the budget counts)."""
+
+    records: int
+    bytes: int
+
+
+_RECORD_COLUMNS = (
+    "rid, id, tenant, device_id, seq, state, attempts, last_error, created_at, traceparent, body"
+)
+
+
+def _row_to_record(row: tuple[object, ...]) -> StoredRecord:
+    rid, rid_id, tenant, device, seq, state, attempts, err, created, tp, body = row
+    return StoredRecord(
+        rid=int(rid),  # type: ignore[call-overload]
+        id=str(rid_id),
+        tenant=str(tenant),
+        device_id=str(device),
+        seq=None if seq is None else int(seq),  # type: ignore[call-overload]
+        state=State(int(state)),  # type: ignore[call-overload]
+        attempts=int(attempts),  # type: ignore[call-overload]
+        last_error=None if err is None else str(err),
+        created_at=float(created),  # type: ignore[arg-type]
+        traceparent=None if tp is None else str(tp),
+        body=bytes(body),  # type: ignore[call-overload]
+    )
+
+
+def _chunks(items: Sequence[int]) -> Iterable[Sequence[int]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+class Spool:
+    """Synchronous access to the spool file; every method is one transaction.
+
+    Thread-safe: calls are serialized by a lock (SQLite serializes writers
+    anyway); other processes may open the same file concurrently.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: Literal["FULL", "NORMAL"] = "FULL",
+        busy_timeout_ms: int = 30_000,
+    ) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(
+            str(self.path), isolation_level=None, check_same_thread=False, timeout=30
+        )
+        self._conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise SpoolError(f"{self.path}: could not switch to WAL mode (got {mode})")
+        self._conn.execute(f"PRAGMA synchronous={synchronous}")
+        with self._lock:
+            self._conn.executescript(_SCHEMA)
+            self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self._conn.close()
+
+    # -- appends (ingest) ---------------------------------------------------------
+
+    def append_batch(self, records: Sequence[NewRecord]) -> tuple[list[AppendResult], Totals]:
+        """Append records in one committed transaction; repeats of a key are duplicates.
+
+        Returns a result per record, in order, and the spool totals after the commit.
+        """
+        now = time.time()
+        results: list[AppendResult] = []
+        with self._lock:
+            cur = self._conn.cursor()
+            try:
+                cur.execute("BEGIN IMMEDIATE")
+                for rec in records:
+                    cur.execute(
+                        "INSERT INTO records(id, tenant, device_id, seq, state, created_at,"
+                        " updated_at, traceparent, size, body) VALUES (?,?,?,?,0,?,?,?,?,?)"
+                        " ON CONFLICT DO NOTHING",
+                        (
+                            rec.id,
+                            rec.tenant,
+                            rec.device_id,
+                            rec.seq,
+                            now,
+                            now,
+                            rec.traceparent,
+                            len(rec.body),
+                            rec.body,
+                        ),
+                    )
+                    if cur.rowcount == 1:
+                        rid = cur.lastrowid
+                        assert rid is not None
+                        results.append(AppendResult(rec.id, rid, False, State.ENQUEUED))
+                    else:
+                        results.append(self._original(cur, rec))
+                row = cur.execute("SELECT records, bytes FROM totals").fetchone()
+                cur.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise SpoolError(f"append failed: {exc}") from exc
+        return results, Totals(int(row[0]), int(row[1]))
+
+    @staticmethod
+    def _original(cur: sqlite3.Cursor, rec: NewRecord) -> AppendResult:
+        row = cur.execute(
+            "SELECT id, rid, state FROM records WHERE tenant=? AND device_id=? AND seq=?",
+            (rec.tenant, rec.device_id, rec.seq),
+        ).fetchone()
+        if row is None:  # the conflict was on `id` itself: a replayed envelope
+            row = cur.execute("SELECT id, rid, state FROM records WHERE id=?", (rec.id,)).fetchone()
+        return AppendResult(str(row[0]), int(row[1]), True, State(row[2]))
+
+    # -- reads --------------------------------------------------------------------
+
+    def load(self, rids: Sequence[int]) -> list[StoredRecord]:
+        """Records with these rids, in spool order (missing rids are skipped)."""
+        out: list[StoredRecord] = []
+        with self._lock:
+            for chunk in _chunks(rids):
+                marks = ",".join("?" * len(chunk))
+                rows = self._conn.execute(
+                    f"SELECT {_RECORD_COLUMNS} FROM records WHERE rid IN ({marks})", tuple(chunk)
+                ).fetchall()
+                out.extend(_row_to_record(r) for r in rows)
+        out.sort(key=lambda r: r.rid)
+        return out
+
+    def get(self, record_id: str) -> StoredRecord | None:
+        """One record by its id."""
+        with self._lock:
+            row = self._conn.execute(
+                f"SELECT {_RECORD_COLUMNS} FROM records WHERE id=?", (record_id,)
+            ).fetchone()
+        return None if row is None else _row_to_record(row)
+
+    def pending_of_device(
+        self, tenant: str, device_id: str, upto_rid: int, limit: int = 10_000
+    ) -> list[StoredRecord]:
+        """Enqueued/InFlight records of one device up to ``upto_rid``, oldest first."""
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT {_RECORD_COLUMNS} FROM records WHERE tenant=? AND device_id=?"
+                " AND state IN (0,1) AND rid <= ? ORDER BY rid LIMIT ?",
+                (tenant, device_id, upto_rid, limit),
+            ).fetchall()
+        return [_row_to_record(r) for r in rows]
+
+    def pending_after(
+        self, after_rid: int, limit: int, created_before: float
+    ) -> list[tuple[int, str, str, str, str | None]]:
+        """(rid, id, tenant, device_id, traceparent) of Enqueued/InFlight records, by rid."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT rid, id, tenant, device_id, traceparent FROM records"
+                " WHERE state IN (0,1) AND rid > ? AND created_at < ? ORDER BY rid LIMIT ?",
+                (after_rid, created_before, limit),
+            ).fetchall()
+        return [(int(r[0]), str(r[1]), str(r[2]), str(r[3]), r[4]) for r in rows]
+
+    def totals(self) -> Totals:
+        """Records and bytes held (all states)."""
+        with self._lock:
+            row = self._conn.execute("SELECT records, bytes FROM totals").fetchone()
+        return Totals(int(row[0]), int(row[1]))
+
+    def counts_by_state(self) -> dict[str, int]:
+        """Number of records in each state, by label."""
+        counts = {label: 0 for label in _LABELS.values()}
+        with self._lock:
+            for state, count in self._conn.execute(
+                "SELECT state, count(*) FROM records GROUP BY state"
+            ):
+                counts[State(state).label] = int(count)
+        return counts
+
+    def oldest_pending_created_at(self) -> float | None:
+        """Creation time of the oldest Enqueued/InFlight record, if any."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT created_at FROM records WHERE state IN (0,1) ORDER BY rid LIMIT 1"
+            ).fetchone()
+        return None if row is None else float(row[0])
+
+    # -- state changes (forwarder) --------------------------------------------------
+
+    def _update(self, sql: str, params: Sequence[object], rids: Sequence[int]) -> int:
+        changed = 0
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                for chunk in _chunks(rids):
+                    marks = ",".join("?" * len(chunk))
+                    cur = self._conn.execute(sql.format(marks=marks), (*params, *chunk))
+                    changed += cur.rowcount
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise SpoolError(f"update failed: {exc}") from exc
+        return changed
+
+    def mark_inflight(self, rids: Sequence[int]) -> int:
+        """Enqueued -> InFlight for records handed to a sink."""
+        return self._update(
+            "UPDATE records SET state=1, updated_at=? WHERE state=0 AND rid IN ({marks})",
+            (time.time(),),
+            rids,
+        )
+
+    def mark_acked(self, rids: Sequence[int]) -> int:
+        """Enqueued/InFlight -> Acked once the sink acknowledged them."""
+        now = time.time()
+        return self._update(
+            "UPDATE records SET state=2, attempts=attempts+1, updated_at=?, acked_at=?,"
+            " last_error=NULL WHERE state IN (0,1) AND rid IN ({marks})",
+            (now, now),
+            rids,
+        )
+
+    def record_failure(self, rids: Sequence[int], error: str) -> int:
+        """Count a failed attempt; the records go back to Enqueued to wait for a retry."""
+        return self._update(
+            "UPDATE records SET state=0, attempts=attempts+1, last_error=?, updated_at=?"
+            " WHERE state IN (0,1) AND rid IN ({marks})",
+            (error[:1000], time.time()),
+            rids,
+        )
+
+    def requeue(self, rids: Sequence[int]) -> int:
+        """InFlight -> Enqueued for records a sink did not try (no attempt spent)."""
+        return self._update(
+            "UPDATE records SET state=0, updated_at=? WHERE state=1 AND rid IN ({marks})",
+            (time.time(),),
+            rids,
+        )
+
+    def note_error(self, rids: Sequence[int], error: str) -> int:
+        """Record why delivery is waiting without spending an attempt (sink unreachable)."""
+        return self._update(
+            "UPDATE records SET state=0, last_error=?, updated_at=?"
+            " WHERE state IN (0,1) AND rid IN ({marks})",
+            (error[:1000], time.time()),
+            rids,
+        )
+
+    def mark_dead(self, rids: Sequence[int], error: str, *, count_attempt: bool = True) -> int:
+        """Enqueued/InFlight -> Dead with the last error; kept until replayed or purged."""
+        return self._update(
+            "UPDATE records SET state=3, attempts=attempts+?, last_error=?, updated_at=?"
+            " WHERE state IN (0,1) AND rid IN ({marks})",
+            (1 if count_attempt else 0, error[:1000], time.time()),
+            rids,
+        )
+
+    # -- retention ------------------------------------------------------------------
+
+    def prune_acked(self, older_than: float, limit: int = 10_000) -> int:
+        """Delete up to ``limit`` Acked records acknowledged before ``older_than``.
+
+        Never touches Enqueued, InFlight or Dead records.
+        """
+        return self._delete_acked(
+            "SELECT rid FROM records WHERE state=2 AND updated_at < ? ORDER BY updated_at LIMIT ?",
+            (older_than, limit),
+        )
+
+    def prune_oldest_acked(self, count: int) -> int:
+        """Delete the ``count`` oldest Acked records, to make room under the budget."""
+        return self._delete_acked(
+            "SELECT rid FROM records WHERE state=2 ORDER BY updated_at LIMIT ?", (count,)
+        )
+
+    def _delete_acked(self, select: str, params: tuple[object, ...]) -> int:
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                cur = self._conn.execute(
+                    f"DELETE FROM records WHERE state=2 AND rid IN ({select})", params
+                )
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise SpoolError(f"prune failed: {exc}") from exc
+        return cur.rowcount
+
+
+@dataclass(slots=True)
+class _Pending:
+    records: Sequence[NewRecord]
+    future: asyncio.Future[list[AppendResult]]
+
+
+_STOP = object()
+CommitHook = Callable[[Sequence[NewRecord], Sequence[AppendResult], Totals], None]
+
+
+class SpoolWriter:
+    """Group commit: concurrent appends share one transaction on a writer thread.
+
+    ``append`` resolves only after the transaction holding the record committed.
+    ``on_commit`` runs on the event loop after each commit, in commit order.
+    """
+
+    def __init__(self, spool: Spool, *, max_batch: int = 1024, on_commit: CommitHook | None = None):
+        self.spool = spool
+        self.max_batch = max_batch
+        self.on_commit = on_commit
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self.last_batch_size = 0
+
+    def start(self) -> None:
+        """Start the writer thread, bound to the running event loop."""
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, name="spool-writer", daemon=True)
+        self._thread.start()
+
+    async def append(self, record: NewRecord) -> AppendResult:
+        """Append one record; returns after its transaction committed."""
+        return (await self.append_many((record,)))[0]
+
+    async def append_many(self, records: Sequence[NewRecord]) -> list[AppendResult]:
+        """Append records in one transaction; returns after it committed."""
+        if self._loop is None:
+            raise SpoolError("spool writer is not started")
+        future: asyncio.Future[list[AppendResult]] = self._loop.create_future()
+        self._queue.put(_Pending(records, future))
+        # Shielded: a sender that goes away does not un-commit its record.
+        return await asyncio.shield(future)
+
+    async def stop(self) -> None:
+        """Commit what is queued, then stop the writer thread."""
+        if self._thread is None:
+            return
+        self._queue.put(_STOP)
+        await asyncio.to_thread(self._thread.join)
+        self._thread = None
+
+    def _run(self) -> None:
+        assert self._loop is not None
+        loop = self._loop
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is _STOP:
+                break
+            assert isinstance(first, _Pending)
+            batch = [first]
+            count = len(first.records)
+            while count < self.max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stopping = True
+                    break
+                assert isinstance(item, _Pending)
+                batch.append(item)
+                count += len(item.records)
+            records = [rec for pending in batch for rec in pending.records]
+            try:
+                results, totals = self.spool.append_batch(records)
+            except Exception as exc:
+                loop.call_soon_threadsafe(self._fail, batch, exc)
+                continue
+            self.last_batch_size = len(records)
+            loop.call_soon_threadsafe(self._complete, batch, records, results, totals)
+
+    def _complete(
+        self,
+        batch: list[_Pending],
+        records: list[NewRecord],
+        results: list[AppendResult],
+        totals: Totals,
+    ) -> None:
+        if self.on_commit is not None:
+            self.on_commit(records, results, totals)
+        offset = 0
+        for pending in batch:
+            n = len(pending.records)
+            if not pending.future.done():
+                pending.future.set_result(results[offset : offset + n])
+            offset += n
+
+    @staticmethod
+    def _fail(batch: list[_Pending], exc: Exception) -> None:
+        for pending in batch:
+            if not pending.future.done():
+                pending.future.set_exception(
+                    exc if isinstance(exc, SpoolError) else SpoolError(str(exc))
+                )

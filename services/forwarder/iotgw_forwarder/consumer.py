@@ -1,0 +1,464 @@
+"""The forwarder: stream -> spool -> sink -> Acked | Dead, per-device order kept.
+
+Each device has a lane of pending records sorted by spool rid (commit
+order). A sink call takes the ready head of every lane; a device whose
+record failed waits out its backoff while other devices go on. The spool
+is the truth: a stream entry only says "look at rid N"; an entry whose record
+is already Acked or Dead is just acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import json
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from iotgw_core import metrics
+from iotgw_core.retry import RetryPolicy
+from iotgw_core.sink import Outcome, Sink, SinkUnavailable, skip_after_failure
+from iotgw_core.spool import Spool, State, StoredRecord
+from iotgw_core.stream import RecordStream, StreamEntry, connect
+from redis.exceptions import RedisError, ResponseError
+
+from .settings import ForwarderSettings
+
+log = logging.getLogger(__name__)
+DeviceKey = tuple[str, str]
+
+
+@dataclass(slots=True)
+class Pending:
+    """A record waiting in its device's lane, with the stream entries that name it."""
+
+    record: StoredRecord
+    entry_ids: list[str] = field(default_factory=list)
+
+    def __lt__(self, other: Pending) -> bool:
+        return self.record.rid < other.record.rid
+
+
+class Forwarder:
+    """Reads the record stream with a consumer group and delivers to one sink."""
+
+    def __init__(
+        self,
+        settings: ForwarderSettings,
+        sink: Sink,
+        *,
+        spool: Spool | None = None,
+        stream: RecordStream | None = None,
+    ) -> None:
+        self.settings = settings
+        self.sink = sink
+        # NORMAL: a power cut may roll back the last Acked marks -> re-delivery, never loss.
+        self.spool = spool or Spool(settings.spool_path, synchronous="NORMAL")
+        self.stream = stream or RecordStream(
+            connect(settings.redis_url), settings.stream_key, settings.stream_group
+        )
+        self.consumer = settings.consumer_name
+        self.policy = RetryPolicy(
+            settings.retry_base_s, settings.retry_cap_s, settings.retry_max_attempts
+        )
+        self.lanes: dict[DeviceKey, list[Pending]] = {}
+        self.items: dict[int, Pending] = {}
+        self.not_before: dict[DeviceKey, float] = {}
+        self.unavailable_until = 0.0
+        self.unavailable_failures = 0
+        self.sink_error: str | None = None
+        self.redis_error: str | None = None
+        self._ack_backlog: list[str] = []
+        self._stopping = asyncio.Event()
+        self._reconcile_now = asyncio.Event()
+        self._own_pending_done = False
+
+    # -- life cycle -----------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the loop to finish the delivery in progress and return."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Forward until stopped."""
+        await self.sink.start()
+        background = [
+            asyncio.create_task(self._reconcile_loop(), name="reconciler"),
+            asyncio.create_task(self._maintenance_loop(), name="maintenance"),
+            asyncio.create_task(self._reclaim_loop(), name="reclaimer"),
+        ]
+        try:
+            while not self._stopping.is_set():
+                await self.step()
+        finally:
+            for task in background:
+                task.cancel()
+            for task in background:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            await self._flush_acks()
+            await self.sink.close()
+            with contextlib.suppress(Exception):
+                await self.stream.client.aclose()
+            log.info("forwarder stopped with %d records pending in memory", len(self.items))
+
+    async def step(self) -> None:
+        """One round: read what is new (if there is room), deliver what is ready."""
+        await self._flush_acks()
+        if len(self.items) < self.settings.max_pending_records:
+            entries = await self._read(block_ms=None if self._ready_now() else self._idle_ms())
+            if entries:
+                await self._take(entries)
+        elif not self._ready_now():
+            await asyncio.sleep(min(1.0, self._idle_ms() / 1000))
+        batch = self._ready_batch()
+        if batch:
+            await self._deliver(batch)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    async def _read(self, block_ms: int | None) -> list[StreamEntry]:
+        try:
+            if not self._own_pending_done:
+                # After a restart: first what this consumer had read but not acknowledged.
+                await self.stream.ensure_group()
+                entries = await self.stream.read(
+                    self.consumer, self.settings.forward_batch, None, own_pending=True
+                )
+                if len(entries) < self.settings.forward_batch:
+                    self._own_pending_done = True
+                    self._reconcile_now.set()
+                return [e for e in entries if e.rid not in self.items]
+            entries = await self.stream.read(self.consumer, self.settings.forward_batch, block_ms)
+            self.redis_error = None
+            return entries
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                # Redis lost the stream (restarted empty): rebuild it from the spool.
+                log.warning("stream group missing (Redis restarted empty?): reconciling")
+                with contextlib.suppress(RedisError, OSError):
+                    await self.stream.ensure_group()
+                self._reconcile_now.set()
+            else:
+                log.warning("stream read failed: %s", exc)
+            self.redis_error = str(exc)
+        except (RedisError, OSError) as exc:
+            if self.redis_error is None:
+                log.warning("stream unreachable: %s", exc)
+            self.redis_error = str(exc)
+            self._own_pending_done = False
+            self._reconcile_now.set()
+        if not self._ready_now():
+            await asyncio.sleep(0.5)
+        return []
+
+    async def _take(self, entries: Sequence[StreamEntry]) -> None:
+        """Put the records named by ``entries`` into their device lanes, in rid order."""
+        named: dict[int, list[str]] = {}
+        for entry in entries:
+            known = self.items.get(entry.rid)
+            if known is not None:
+                known.entry_ids.append(entry.entry_id)
+            else:
+                named.setdefault(entry.rid, []).append(entry.entry_id)
+        if not named:
+            return
+        loaded = await asyncio.to_thread(self.spool.load, sorted(named))
+        by_rid = {rec.rid: rec for rec in loaded}
+        for rid, entry_ids in named.items():
+            rec = by_rid.get(rid)
+            if rec is None or rec.state in (State.ACKED, State.DEAD):
+                self._ack_backlog.extend(entry_ids)  # nothing left to do for it
+        live = [r for r in loaded if r.state in (State.ENQUEUED, State.INFLIGHT)]
+        # A device seen for the first time may have older records the stream lost
+        # (Redis restarted): take them first so that its order holds.
+        newest: dict[DeviceKey, int] = {}
+        for rec in live:
+            newest[rec.device_key] = max(newest.get(rec.device_key, 0), rec.rid)
+        for key, upto in newest.items():
+            if self.lanes.get(key):
+                continue
+            older = await asyncio.to_thread(self.spool.pending_of_device, key[0], key[1], upto)
+            live.extend(r for r in older if r.rid not in by_rid and r.rid not in self.items)
+        for rec in live:
+            if rec.rid in self.items:
+                continue
+            pending = Pending(rec, named.get(rec.rid, []))
+            self.items[rec.rid] = pending
+            bisect.insort(self.lanes.setdefault(rec.device_key, []), pending)
+
+    # -- delivering ---------------------------------------------------------------------------
+
+    def _ready_now(self) -> bool:
+        now = time.monotonic()
+        if now < self.unavailable_until:
+            return False
+        return any(lane and self.not_before.get(k, 0.0) <= now for k, lane in self.lanes.items())
+
+    def _idle_ms(self) -> int:
+        now = time.monotonic()
+        wake = [t for k, t in self.not_before.items() if self.lanes.get(k)]
+        if self.lanes and self.unavailable_until > now:
+            wake.append(self.unavailable_until)
+        if not wake:
+            return 1000
+        return max(1, min(1000, int((min(wake) - now) * 1000)))
+
+    def _ready_batch(self) -> list[Pending]:
+        now = time.monotonic()
+        if now < self.unavailable_until:
+            return []
+        batch: list[Pending] = []
+        for key, lane in self.lanes.items():
+            if not lane or self.not_before.get(key, 0.0) > now:
+                continue
+            room = self.settings.forward_batch - len(batch)
+            batch.extend(lane[: min(room, self.settings.forward_batch_per_device)])
+            if len(batch) >= self.settings.forward_batch:
+                break
+        return batch
+
+    async def _deliver(self, batch: list[Pending]) -> None:
+        records = [p.record for p in batch]
+        rids = [r.rid for r in records]
+        await asyncio.to_thread(self.spool.mark_inflight, rids)
+        try:
+            answers = await self.sink.deliver(records)
+        except SinkUnavailable as exc:
+            await self._sink_unavailable(rids, str(exc))
+            return
+        except Exception as exc:
+            log.exception("sink %s raised; treating it as unavailable", self.sink.name)
+            await self._sink_unavailable(rids, f"sink error: {exc!r}")
+            return
+        self.unavailable_failures = 0
+        self.sink_error = None
+        answers = skip_after_failure(records, list(answers))
+        await self._settle(batch, answers)
+
+    async def _sink_unavailable(self, rids: list[int], error: str) -> None:
+        self.unavailable_failures += 1
+        ceiling = min(
+            self.settings.unavailable_cap_s,
+            self.settings.retry_base_s * 2 ** min(self.unavailable_failures - 1, 20),
+        )
+        self.unavailable_until = time.monotonic() + random.uniform(ceiling / 2, ceiling)
+        if self.sink_error != error:
+            log.warning("sink %s unavailable: %s", self.sink.name, error)
+        self.sink_error = error
+        metrics.FORWARD_ATTEMPTS.labels(self.sink.name, "unavailable").inc(len(rids))
+        await asyncio.to_thread(self.spool.note_error, rids, error)
+
+    async def _settle(self, batch: list[Pending], answers: Sequence[object]) -> None:
+        acked: list[Pending] = []
+        skipped: list[int] = []
+        dead: dict[str, list[Pending]] = {}
+        retry: dict[str, list[Pending]] = {}
+        for pending, answer in zip(batch, answers, strict=True):
+            outcome = answer.outcome  # type: ignore[attr-defined]
+            error = answer.error or ""  # type: ignore[attr-defined]
+            if outcome is Outcome.DELIVERED:
+                acked.append(pending)
+            elif outcome is Outcome.REJECT:
+                dead.setdefault(error, []).append(pending)
+            elif outcome is Outcome.RETRY:
+                if self.policy.exhausted(pending.record.attempts + 1):
+                    reason = f"attempts exhausted ({pending.record.attempts + 1}): {error}"
+                    dead.setdefault(reason, []).append(pending)
+                else:
+                    retry.setdefault(error, []).append(pending)
+            else:
+                skipped.append(pending.record.rid)
+        sink = self.sink.name
+        if acked:
+            await asyncio.to_thread(self.spool.mark_acked, [p.record.rid for p in acked])
+            metrics.FORWARD_ATTEMPTS.labels(sink, "delivered").inc(len(acked))
+            now = time.time()
+            for p in acked:
+                metrics.INGEST_TO_ACK_SECONDS.observe(max(0.0, now - p.record.created_at))
+        for error, items in dead.items():
+            await asyncio.to_thread(self.spool.mark_dead, [p.record.rid for p in items], error)
+            metrics.DEAD_LETTERS.labels(error.split(":", 1)[0][:60]).inc(len(items))
+            metrics.FORWARD_ATTEMPTS.labels(sink, "reject").inc(len(items))
+            for p in items:
+                log.warning("record %s (%s) is Dead: %s", p.record.id, p.record.device_id, error)
+        for error, items in retry.items():
+            await asyncio.to_thread(self.spool.record_failure, [p.record.rid for p in items], error)
+            metrics.FORWARD_ATTEMPTS.labels(sink, "retry").inc(len(items))
+            for p in items:
+                attempts = p.record.attempts + 1
+                p.record = _with_attempt(p.record, attempts, error)
+                self.not_before[p.record.device_key] = time.monotonic() + self.policy.delay(
+                    attempts
+                )
+        if skipped:
+            await asyncio.to_thread(self.spool.requeue, skipped)
+        finished = acked + [p for items in dead.values() for p in items]
+        for p in finished:
+            self._forget(p)
+        self._ack_backlog.extend(e for p in finished for e in p.entry_ids)
+        await self._flush_acks()
+        if acked:
+            with contextlib.suppress(RedisError, OSError):
+                await self.stream.publish_acked([p.record.id for p in acked])
+
+    def _forget(self, pending: Pending) -> None:
+        key = pending.record.device_key
+        self.items.pop(pending.record.rid, None)
+        lane = self.lanes.get(key)
+        if lane is not None:
+            with contextlib.suppress(ValueError):
+                lane.remove(pending)
+            if not lane:
+                del self.lanes[key]
+                self.not_before.pop(key, None)
+
+    async def _flush_acks(self) -> None:
+        if not self._ack_backlog:
+            return
+        entry_ids, self._ack_backlog = self._ack_backlog, []
+        try:
+            await self.stream.ack(entry_ids)
+        except (RedisError, OSError) as exc:
+            # The spool already says Acked/Dead; the entries are acknowledged later.
+            self._ack_backlog = entry_ids + self._ack_backlog
+            self.redis_error = str(exc)
+
+    # -- background duties ----------------------------------------------------------------------
+
+    async def reconcile_once(self) -> int:
+        """Re-enqueue spool records that are Enqueued/InFlight but have no stream entry."""
+        in_stream = await self.stream.record_ids()
+        cutoff = time.time() - self.settings.reconcile_grace_s
+        after = 0
+        added = 0
+        while True:
+            rows = await asyncio.to_thread(self.spool.pending_after, after, 5000, cutoff)
+            if not rows:
+                break
+            missing = [
+                StreamEntry(rid, rid_id, tenant, device, tp)
+                for rid, rid_id, tenant, device, tp in rows
+                if rid_id not in in_stream and rid not in self.items
+            ]
+            await self.stream.add_many(missing)
+            added += len(missing)
+            after = rows[-1][0]
+        if added:
+            metrics.RECONCILED.inc(added)
+            log.info("reconciler re-enqueued %d records the stream had lost", added)
+        return added
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._reconcile_now.wait(), self.settings.reconcile_interval_s
+                )
+            self._reconcile_now.clear()
+            try:
+                await self.stream.ensure_group()
+                await self.reconcile_once()
+            except (RedisError, OSError) as exc:
+                log.debug("reconcile skipped: %s", exc)
+                await asyncio.sleep(1.0)
+            except Exception:
+                log.exception("reconcile failed")
+
+    async def _reclaim_loop(self) -> None:
+        idle_ms = int(self.settings.reclaim_idle_s * 1000)
+        while True:
+            await asyncio.sleep(max(1.0, self.settings.reclaim_idle_s / 2))
+            if len(self.items) >= self.settings.max_pending_records:
+                continue
+            try:
+                claimed = await self.stream.claim_stale(
+                    self.consumer, idle_ms, self.settings.forward_batch
+                )
+            except (RedisError, OSError) as exc:
+                log.debug("reclaim skipped: %s", exc)
+                continue
+            foreign = [e for e in claimed if e.rid not in self.items]
+            if foreign:
+                metrics.RECLAIMED.inc(len(foreign))
+                log.info("took over %d stale stream entries", len(foreign))
+            if claimed:
+                await self._take(claimed)
+
+    async def _maintenance_loop(self) -> None:
+        last_prune = 0.0
+        while True:
+            try:
+                await self._report_status()
+                if time.monotonic() - last_prune >= self.settings.prune_interval_s:
+                    last_prune = time.monotonic()
+                    await self.prune_once()
+                await self._update_gauges()
+            except Exception as exc:
+                log.debug("maintenance round failed: %s", exc)
+            await asyncio.sleep(2.0)
+
+    async def prune_once(self) -> int:
+        """Delete Acked records older than the retention window, in bounded chunks."""
+        cutoff = time.time() - self.settings.acked_retention_s
+        total = 0
+        for _ in range(100):
+            pruned = await asyncio.to_thread(self.spool.prune_acked, cutoff, 5000)
+            total += pruned
+            if pruned < 5000:
+                break
+        if total:
+            metrics.PRUNED.labels("retention").inc(total)
+        return total
+
+    async def _update_gauges(self) -> None:
+        counts = await asyncio.to_thread(self.spool.counts_by_state)
+        for label, count in counts.items():
+            metrics.SPOOL_RECORDS.labels(label).set(count)
+        oldest = await asyncio.to_thread(self.spool.oldest_pending_created_at)
+        metrics.SPOOL_OLDEST_PENDING_AGE.set(0 if oldest is None else time.time() - oldest)
+        totals = await asyncio.to_thread(self.spool.totals)
+        metrics.SPOOL_BYTES.set(totals.bytes)
+        with contextlib.suppress(RedisError, OSError):
+            metrics.STREAM_LENGTH.set(await self.stream.length())
+
+    def status(self) -> dict[str, object]:
+        """What /healthz of the ingest service shows about the sink and the forwarder."""
+        if self.sink_error is not None:
+            state = "unavailable"
+        elif self.redis_error is not None:
+            state = "degraded"
+        else:
+            state = "ok"
+        return {
+            "status": state,
+            "consumer": self.consumer,
+            "pending_in_memory": len(self.items),
+            "sink": self.sink.status(),
+            "sink_error": self.sink_error,
+            "reported_at": time.time(),
+        }
+
+    async def _report_status(self) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            await self.stream.client.set(self.stream.status_key, json.dumps(self.status()), ex=10)
+
+
+def _with_attempt(rec: StoredRecord, attempts: int, error: str) -> StoredRecord:
+    return StoredRecord(
+        rid=rec.rid,
+        id=rec.id,
+        tenant=rec.tenant,
+        device_id=rec.device_id,
+        seq=rec.seq,
+        state=State.ENQUEUED,
+        attempts=attempts,
+        last_error=error,
+        created_at=rec.created_at,
+        traceparent=rec.traceparent,
+        body=rec.body,
+    )

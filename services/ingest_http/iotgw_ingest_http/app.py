@@ -1,0 +1,366 @@
+"""HTTP ingest: POST /v1/ingest/{device_id} into the durable spool (Litestar).
+
+A 202 is sent only after the reading's spool transaction committed. Errors
+are ``{"code", "message"}`` with the status the contract names
+(docs/http-api.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+import msgspec
+from iotgw_core import metrics
+from iotgw_core.ingest import IngestPipeline, Refused
+from iotgw_core.spool import AppendResult, NewRecord, SpoolError
+from iotgw_core.validation import ValidationFailure, check_device_id, decode_json, validate_reading
+from litestar import Litestar, MediaType, Request, Response, get, post
+from litestar.datastructures import State
+from litestar.exceptions import HTTPException
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
+
+from .openapi import build_openapi
+from .settings import IngestHttpSettings
+
+log = logging.getLogger(__name__)
+SOURCE: Final = "http"
+_encode = msgspec.json.Encoder().encode
+
+SWAGGER_HTML = """<!doctype html>
+<html><head><meta charset="utf-8"><title>iot-gateway HTTP ingest</title>
+<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css">
+</head><body><div id="swagger-ui"></div>
+<script src="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
+<script>SwaggerUIBundle({url: "/docs/openapi.json", dom_id: "#swagger-ui"});</script>
+</body></html>
+"""
+
+
+def error(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> Response[bytes]:
+    """An error answer in the contract's shape."""
+    return Response(
+        _encode({"code": code, "message": message}),
+        status_code=status,
+        media_type=MediaType.JSON,
+        headers=headers,
+    )
+
+
+def _json(status: int, body: Any) -> Response[bytes]:
+    return Response(_encode(body), status_code=status, media_type=MediaType.JSON)
+
+
+def _refused(exc: Refused) -> Response[bytes]:
+    metrics.EVENTS_REJECTED.labels(SOURCE, exc.code).inc()
+    return error(503, exc.code, exc.message, {"Retry-After": str(exc.retry_after_s)})
+
+
+def _is_json(request: Request[Any, Any, Any]) -> bool:
+    ctype = request.headers.get("content-type", "")
+    media = ctype.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
+async def _read_checked(
+    request: Request[Any, Any, Any], pipeline: IngestPipeline, device_id: str
+) -> Any:
+    """Common front half of both ingest paths; returns the decoded JSON or an error Response."""
+    metrics.EVENTS_RECEIVED.labels(SOURCE).inc()
+    try:
+        check_device_id(device_id)
+        pipeline.check_admission()
+    except ValidationFailure as exc:
+        metrics.EVENTS_REJECTED.labels(SOURCE, exc.code).inc()
+        return error(400, exc.code, exc.message)
+    except Refused as exc:
+        return _refused(exc)
+    if not _is_json(request):
+        metrics.EVENTS_REJECTED.labels(SOURCE, "unsupported_media_type").inc()
+        return error(415, "unsupported_media_type", "Content-Type must be application/json")
+    body = await request.body()  # over the handler's limit: RequestEntityTooLarge -> 413
+    try:
+        return decode_json(body)
+    except ValidationFailure as exc:
+        metrics.EVENTS_REJECTED.labels(SOURCE, exc.code).inc()
+        return error(400, exc.code, exc.message)
+
+
+async def _commit(
+    pipeline: IngestPipeline, records: list[NewRecord]
+) -> list[AppendResult] | Response[bytes]:
+    try:
+        results = await pipeline.submit(records)
+    except SpoolError as exc:
+        log.error("spool append failed: %s", exc)
+        metrics.EVENTS_REJECTED.labels(SOURCE, "spool_unavailable").inc(len(records))
+        return error(
+            503,
+            "spool_unavailable",
+            "the spool cannot store records now; retry later",
+            {"Retry-After": str(pipeline.retry_after_s)},
+        )
+    for rec, res in zip(records, results, strict=True):
+        if res.duplicate:
+            metrics.EVENTS_DUPLICATE.labels(SOURCE).inc()
+        else:
+            metrics.EVENTS_ACCEPTED.labels(SOURCE, "telemetry").inc()
+        del rec
+    return results
+
+
+def _pipeline(request: Request[Any, Any, Any]) -> IngestPipeline:
+    pipeline: IngestPipeline = request.app.state.pipeline
+    return pipeline
+
+
+def _settings(request: Request[Any, Any, Any]) -> IngestHttpSettings:
+    settings: IngestHttpSettings = request.app.state.settings
+    return settings
+
+
+async def ingest(request: Request[Any, Any, Any], device_id: str) -> Response[bytes]:
+    """Ingest one reading; 202 once durable, 200 once delivered in ack mode sink."""
+    pipeline = _pipeline(request)
+    decoded = await _read_checked(request, pipeline, device_id)
+    if isinstance(decoded, Response):
+        return decoded
+    try:
+        reading = validate_reading(decoded)
+    except ValidationFailure as exc:
+        metrics.EVENTS_REJECTED.labels(SOURCE, exc.code).inc()
+        return error(400, exc.code, exc.message)
+    record = pipeline.build(
+        reading, device_id=device_id, traceparent=request.headers.get("traceparent")
+    )
+    results = await _commit(pipeline, [record])
+    if isinstance(results, Response):
+        return results
+    result = results[0]
+    if pipeline.ack_mode == "sink" and await pipeline.wait_delivered(
+        results, _settings(request).sink_ack_timeout_s
+    ):
+        return _json(200, {"id": result.id, "status": "delivered", "duplicate": result.duplicate})
+    return _json(202, {"id": result.id, "status": "enqueued", "duplicate": result.duplicate})
+
+
+async def ingest_batch(request: Request[Any, Any, Any], device_id: str) -> Response[bytes]:
+    """Ingest a list of readings in one transaction, with a result per reading."""
+    pipeline = _pipeline(request)
+    settings = _settings(request)
+    decoded = await _read_checked(request, pipeline, device_id)
+    if isinstance(decoded, Response):
+        return decoded
+    if not isinstance(decoded, list):
+        metrics.EVENTS_REJECTED.labels(SOURCE, "invalid_batch").inc()
+        return error(400, "invalid_batch", "batch body must be a JSON array of readings")
+    if not decoded:
+        metrics.EVENTS_REJECTED.labels(SOURCE, "empty_batch").inc()
+        return error(400, "empty_batch", "batch must hold at least one reading")
+    if len(decoded) > settings.http_max_batch_items:
+        metrics.EVENTS_REJECTED.labels(SOURCE, "too_many_items").inc()
+        return error(
+            400, "too_many_items", f"batch must hold <= {settings.http_max_batch_items} readings"
+        )
+    if len(decoded) > 1:
+        metrics.EVENTS_RECEIVED.labels(SOURCE).inc(len(decoded) - 1)
+    items: list[dict[str, Any]] = []
+    records: list[NewRecord] = []
+    slots: list[int] = []
+    traceparent = request.headers.get("traceparent")
+    for index, obj in enumerate(decoded):
+        try:
+            reading = validate_reading(obj)
+        except ValidationFailure as exc:
+            metrics.EVENTS_REJECTED.labels(SOURCE, exc.code).inc()
+            items.append(
+                {"index": index, "status": "rejected", "code": exc.code, "message": exc.message}
+            )
+            continue
+        records.append(pipeline.build(reading, device_id=device_id, traceparent=traceparent))
+        slots.append(index)
+        items.append({"index": index})
+    if not records:
+        return _json(
+            400,
+            {
+                "code": "no_valid_reading",
+                "message": "no reading of the batch is valid; see results",
+                "accepted": 0,
+                "duplicates": 0,
+                "rejected": len(items),
+                "results": items,
+            },
+        )
+    results = await _commit(pipeline, records)
+    if isinstance(results, Response):
+        return results
+    delivered = pipeline.ack_mode == "sink" and await pipeline.wait_delivered(
+        results, settings.sink_ack_timeout_s
+    )
+    for index, res in zip(slots, results, strict=True):
+        items[index] = {
+            "index": index,
+            "status": "delivered" if delivered else "enqueued",
+            "id": res.id,
+            "duplicate": res.duplicate,
+        }
+    body = {
+        "accepted": len(results),
+        "duplicates": sum(1 for r in results if r.duplicate),
+        "rejected": len(items) - len(results),
+        "results": items,
+    }
+    return _json(200 if delivered else 202, body)
+
+
+async def healthz(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Status of spool, stream and sink."""
+    pipeline = _pipeline(request)
+    spool: dict[str, Any]
+    try:
+        totals = pipeline.spool.totals()
+        spool = {
+            "status": "full" if pipeline.full else "ok",
+            "records": totals.records,
+            "bytes": totals.bytes,
+            "high_water_records": pipeline.marks.high_records,
+            "high_water_bytes": pipeline.marks.high_bytes,
+        }
+    except Exception as exc:
+        spool = {"status": "failing", "error": str(exc)}
+    stream: dict[str, Any]
+    try:
+        stream = {"status": "ok", "length": await pipeline.stream.length()}
+    except (RedisError, OSError) as exc:
+        stream = {"status": "down", "error": str(exc)}
+    sink = await pipeline.forwarder_status() if stream["status"] == "ok" else {"status": "unknown"}
+    statuses = {spool["status"], stream["status"], str(sink.get("status"))}
+    overall = "ok" if statuses <= {"ok"} else "degraded"
+    if spool["status"] == "failing":
+        overall = "failing"
+    body = {
+        "status": overall,
+        "draining": pipeline.draining,
+        "components": {"spool": spool, "stream": stream, "sink": sink},
+    }
+    return _json(503 if overall == "failing" else 200, body)
+
+
+async def readyz(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """200 while readings are accepted, 503 (with Retry-After) while draining or full."""
+    try:
+        _pipeline(request).check_admission()
+    except Refused as exc:
+        return error(503, exc.code, exc.message, {"Retry-After": str(exc.retry_after_s)})
+    return _json(200, {"status": "ready"})
+
+
+async def metrics_endpoint() -> Response[bytes]:
+    """Prometheus exposition of this process's metrics."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def swagger_ui() -> str:
+    """Swagger UI for the OpenAPI document."""
+    return SWAGGER_HTML
+
+
+async def openapi_json() -> Response[bytes]:
+    """The OpenAPI document (also committed as docs/openapi.json)."""
+    return _json(200, build_openapi())
+
+
+async def bench_noop(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Reads the body and answers 202: the ceiling that `make bench` compares to."""
+    await request.body()
+    return _json(202, {"status": "noop"})
+
+
+def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+    status = exc.status_code
+    codes = {
+        404: "not_found",
+        405: "method_not_allowed",
+        413: "body_too_large",
+    }
+    code = codes.get(status, "bad_request" if status < 500 else "internal_error")
+    message = exc.detail
+    if status == 413:
+        limit = (
+            _settings(request).http_max_batch_bytes
+            if request.url.path.endswith("/batch")
+            else _settings(request).http_max_body_bytes
+        )
+        message = f"body must be <= {limit} bytes"
+        metrics.EVENTS_REJECTED.labels(SOURCE, code).inc()
+    return error(status, code, message, getattr(exc, "headers", None))
+
+
+def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    log.exception("unhandled error on %s", request.url.path, exc_info=exc)
+    return error(HTTP_500_INTERNAL_SERVER_ERROR, "internal_error", "internal error")
+
+
+def create_app(settings: IngestHttpSettings, pipeline: IngestPipeline | None = None) -> Litestar:
+    """Build the app; the lifespan starts the pipeline (spool writer, hand-off)."""
+    pipe = pipeline or IngestPipeline(
+        settings,
+        source=SOURCE,
+        commit_max_batch=settings.commit_max_batch,
+        retry_after_s=settings.retry_after_s,
+        ack_mode=settings.ack_mode,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        await pipe.start()
+        log.info(
+            "HTTP ingest ready: spool %s, stream %s, ack mode %s",
+            settings.spool_path,
+            settings.stream_key,
+            settings.ack_mode,
+        )
+        try:
+            yield
+        finally:
+            started = time.monotonic()
+            await pipe.stop()
+            log.info("HTTP ingest drained in %.2fs", time.monotonic() - started)
+
+    handlers: list[Any] = [
+        post(
+            "/v1/ingest/{device_id:str}",
+            request_max_body_size=settings.http_max_body_bytes,
+        )(ingest),
+        post(
+            "/v1/ingest/{device_id:str}/batch",
+            request_max_body_size=settings.http_max_batch_bytes,
+        )(ingest_batch),
+        get("/healthz")(healthz),
+        get("/readyz")(readyz),
+        get("/metrics")(metrics_endpoint),
+        get("/docs", media_type=MediaType.HTML)(swagger_ui),
+        get("/docs/openapi.json")(openapi_json),
+    ]
+    if settings.http_bench_endpoints:
+        handlers.append(post("/bench/noop")(bench_noop))
+    return Litestar(
+        route_handlers=handlers,
+        lifespan=[lifespan],
+        openapi_config=None,
+        state=State({"pipeline": pipe, "settings": settings}),
+        exception_handlers={HTTPException: _http_exception, Exception: _internal_error},
+        request_max_body_size=settings.http_max_body_bytes,
+        debug=False,
+        logging_config=None,
+    )
