@@ -20,14 +20,24 @@ Key = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
 class Reading(msgspec.Struct, forbid_unknown_fields=True):
     """One reading from a device. Needs `metrics` or `payload`."""
 
-    ts: Annotated[
-        str | None,
-        Meta(description="RFC 3339 time of the reading with a zone; the gateway fills it."),
-    ] = None
-    seq: Annotated[
-        int | None,
-        Meta(ge=0, description="Device sequence number; (tenant, device_id, seq) is idempotent."),
-    ] = None
+    ts: (
+        Annotated[
+            str,
+            Meta(description="RFC 3339 time of the reading with a zone; the gateway fills it."),
+        ]
+        | None
+    ) = None
+    seq: (
+        Annotated[
+            int,
+            Meta(
+                ge=0,
+                le=2**63 - 1,
+                description="Device sequence number; (tenant, device_id, seq) is idempotent.",
+            ),
+        ]
+        | None
+    ) = None
     metrics: Annotated[
         dict[Key, float],
         Meta(max_length=MAX_METRICS, description="Finite numbers (no NaN/Inf)."),
