@@ -148,13 +148,15 @@ class FileSink:
             os.fsync(fh.fileno())
 
     def _open(self, path: Path) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         if self._fd is not None:
             os.close(self._fd)
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        self._fd = fd
         self._path = path
         self._size = os.fstat(self._fd).st_size
 
     def _rotate(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         n = 0
         while (path := self.directory / f"outbox-{stamp}-{n:04d}.jsonl").exists():

@@ -6,6 +6,7 @@ quarantine both carry it) and a message that names the field and the rule.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -55,8 +56,16 @@ def decode_json(body: bytes) -> Any:
     """Decode JSON bytes, raising ``invalid_json`` for anything that is not JSON."""
     try:
         return _untyped_decoder.decode(body)
+    except RecursionError:
+        raise ValidationFailure("invalid_json", "body is nested too deeply") from None
     except msgspec.DecodeError as exc:
-        raise ValidationFailure("invalid_json", f"body is not valid JSON: {exc}") from None
+        error = exc
+    # Python's parser also reads NaN, Infinity and out-of-range numbers: such a body
+    # then fails the finiteness rule with its own code instead of a bare "not JSON".
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        raise ValidationFailure("invalid_json", f"body is not valid JSON: {error}") from None
 
 
 def parse_reading(body: bytes) -> Reading:

@@ -1,0 +1,129 @@
+"""The spool on real SQLite files: states, idempotency, group commit, budget, retention."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from iotgw_core.spool import NewRecord, Spool, SpoolError, SpoolWriter, State
+
+pytestmark = pytest.mark.unit
+
+
+def rec(n: int, device: str = "d1", seq: int | None = None, size: int = 10) -> NewRecord:
+    return NewRecord(id=f"id-{device}-{n}", tenant="t", device_id=device, seq=seq, body=b"x" * size)
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Spool:
+    return Spool(tmp_path / "spool.db")
+
+
+def test_wal_mode_and_full_sync_for_appends(spool: Spool) -> None:
+    conn = sqlite3.connect(spool.path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert spool._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_append_then_life_cycle(spool: Spool) -> None:
+    results, totals = spool.append_batch([rec(1, seq=1), rec(2, seq=2)])
+    assert [r.state for r in results] == [State.ENQUEUED, State.ENQUEUED]
+    assert results[0].rid < results[1].rid
+    assert totals.records == 2 and totals.bytes == 20
+    a, b = (r.rid for r in results)
+    assert spool.mark_inflight([a, b]) == 2
+    assert spool.record_failure([a], "boom") == 1
+    got = spool.load([a])[0]
+    assert (got.state, got.attempts, got.last_error) == (State.ENQUEUED, 1, "boom")
+    assert spool.mark_acked([a]) == 1
+    assert spool.mark_dead([b], "record_too_large") == 1
+    assert spool.counts_by_state() == {"Enqueued": 0, "InFlight": 0, "Acked": 1, "Dead": 1}
+    # Acked and Dead are final: nothing moves them back.
+    assert spool.mark_inflight([a, b]) == 0 and spool.mark_acked([b]) == 0
+
+
+def test_same_tenant_device_seq_is_a_duplicate(spool: Spool) -> None:
+    first, _ = spool.append_batch([rec(1, seq=7)])
+    again, totals = spool.append_batch([rec(2, seq=7), rec(3, device="d2", seq=7), rec(4)])
+    assert again[0].duplicate and again[0].id == first[0].id and again[0].rid == first[0].rid
+    assert not again[1].duplicate and not again[2].duplicate
+    assert totals.records == 3
+
+
+def test_duplicate_within_one_transaction(spool: Spool) -> None:
+    results, totals = spool.append_batch([rec(1, seq=9), rec(2, seq=9)])
+    assert [r.duplicate for r in results] == [False, True]
+    assert results[1].id == results[0].id and totals.records == 1
+
+
+def test_records_without_seq_are_never_duplicates(spool: Spool) -> None:
+    results, _ = spool.append_batch([rec(1), rec(2)])
+    assert not any(r.duplicate for r in results)
+
+
+def test_prune_removes_only_old_acked(spool: Spool) -> None:
+    results, _ = spool.append_batch([rec(i) for i in range(8)])
+    rids = [r.rid for r in results]
+    spool.mark_acked(rids[:2])
+    spool.mark_dead(rids[2:4], "bad")
+    spool.mark_inflight(rids[4:6])
+    assert spool.prune_acked(older_than=time.time() + 1) == 2
+    assert spool.prune_oldest_acked(100) == 0
+    assert spool.counts_by_state() == {"Enqueued": 2, "InFlight": 2, "Acked": 0, "Dead": 2}
+    assert spool.totals().records == 6
+
+
+def test_prune_keeps_acked_inside_retention(spool: Spool) -> None:
+    results, _ = spool.append_batch([rec(1)])
+    spool.mark_acked([results[0].rid])
+    assert spool.prune_acked(older_than=time.time() - 3600) == 0
+
+
+def test_pending_of_device_in_commit_order(spool: Spool) -> None:
+    results, _ = spool.append_batch([rec(i, device="a" if i % 2 else "b") for i in range(10)])
+    spool.mark_acked([results[1].rid])
+    pending = spool.pending_of_device("t", "a", upto_rid=results[7].rid)
+    assert [p.rid for p in pending] == [results[i].rid for i in (3, 5, 7)]
+
+
+def test_spool_survives_reopen(tmp_path: Path) -> None:
+    first = Spool(tmp_path / "s.db")
+    first.append_batch([rec(1, seq=1)])
+    first.close()
+    second = Spool(tmp_path / "s.db")
+    assert second.totals().records == 1
+    assert second.append_batch([rec(2, seq=1)])[0][0].duplicate
+
+
+async def test_group_commit_shares_transactions_and_answers_after_commit(spool: Spool) -> None:
+    committed: list[int] = []
+    writer = SpoolWriter(spool, max_batch=256, on_commit=lambda r, res, t: committed.append(len(r)))
+    writer.start()
+    results = await asyncio.gather(*(writer.append(rec(i, seq=i)) for i in range(1000)))
+    await writer.stop()
+    assert len({r.rid for r in results}) == 1000
+    assert sum(committed) == 1000
+    assert len(committed) < 1000, "concurrent appends must share transactions"
+    assert max(committed) <= 256
+    # Every answered record is readable from another connection: it was committed.
+    other = Spool(spool.path)
+    assert other.totals().records == 1000
+
+
+async def test_append_failure_reaches_every_sender(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.db")
+    writer = SpoolWriter(spool)
+    writer.start()
+    spool._conn.execute("DROP TRIGGER tr_records_insert")
+    spool._conn.execute(
+        "CREATE TRIGGER boom BEFORE INSERT ON records BEGIN SELECT RAISE(ABORT, 'disk says no'); END"
+    )
+    outcomes = await asyncio.gather(
+        *(writer.append(rec(i)) for i in range(20)), return_exceptions=True
+    )
+    await writer.stop()
+    assert all(isinstance(o, SpoolError) and "disk says no" in str(o) for o in outcomes)
+    assert spool.totals().records == 0
