@@ -119,7 +119,8 @@ async def test_append_failure_reaches_every_sender(tmp_path: Path) -> None:
     writer.start()
     spool._conn.execute("DROP TRIGGER tr_records_insert")
     spool._conn.execute(
-        "CREATE TRIGGER boom BEFORE INSERT ON records BEGIN SELECT RAISE(ABORT, 'disk says no'); END"
+        "CREATE TRIGGER boom BEFORE INSERT ON records"
+        " BEGIN SELECT RAISE(ABORT, 'disk says no'); END"
     )
     outcomes = await asyncio.gather(
         *(writer.append(rec(i)) for i in range(20)), return_exceptions=True
