@@ -72,3 +72,23 @@ PRUNED = Counter("gateway_pruned_records", "Acked records deleted from the spool
 STREAM_LENGTH = Gauge(
     "gateway_stream_length", "Entries in the record stream (handed off, not yet done)."
 )
+QUARANTINED = Counter(
+    "gateway_quarantined",
+    "Messages put in the quarantine instead of the spool, by source and reason.",
+    ["source", "reason"],
+)
+MQTT_CONNECTED = Gauge(
+    "gateway_mqtt_connected", "1 while the MQTT ingest holds its session with the edge broker."
+)
+MQTT_CONNECTS = Counter(
+    "gateway_mqtt_connects", "Connections of the MQTT ingest to the edge broker (first and later)."
+)
+MQTT_PAUSED = Gauge(
+    "gateway_mqtt_paused",
+    "1 while the MQTT ingest stops taking messages (spool over its high-water mark, draining).",
+)
+AUTH_FAILURES = Counter(
+    "gateway_auth_failures",
+    "Requests refused for their credential (401 unauthorized, 403 forbidden).",
+    ["source", "code"],
+)
