@@ -21,6 +21,7 @@ from iotgw_core.validation import ValidationFailure, check_device_id, decode_jso
 from litestar import Litestar, MediaType, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
+from litestar.params import FromPath
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
@@ -128,7 +129,7 @@ def _settings(request: Request[Any, Any, Any]) -> IngestHttpSettings:
     return settings
 
 
-async def ingest(request: Request[Any, Any, Any], device_id: str) -> Response[bytes]:
+async def ingest(request: Request[Any, Any, Any], device_id: FromPath[str]) -> Response[bytes]:
     """Ingest one reading; 202 once durable, 200 once delivered in ack mode sink."""
     pipeline = _pipeline(request)
     decoded = await _read_checked(request, pipeline, device_id)
@@ -153,7 +154,9 @@ async def ingest(request: Request[Any, Any, Any], device_id: str) -> Response[by
     return _json(202, {"id": result.id, "status": "enqueued", "duplicate": result.duplicate})
 
 
-async def ingest_batch(request: Request[Any, Any, Any], device_id: str) -> Response[bytes]:
+async def ingest_batch(
+    request: Request[Any, Any, Any], device_id: FromPath[str]
+) -> Response[bytes]:
     """Ingest a list of readings in one transaction, with a result per reading."""
     pipeline = _pipeline(request)
     settings = _settings(request)
