@@ -233,9 +233,7 @@ class Checker:
             protocol=paho.MQTTv5,
         )
         ctx = ssl.create_default_context(cafile=str(self.standin.ca.cert_path))
-        ctx.load_cert_chain(
-            str(self.standin.checker_cred.cert), str(self.standin.checker_cred.key)
-        )
+        ctx.load_cert_chain(str(self.standin.checker_cred.cert), str(self.standin.checker_cred.key))
         client.tls_set_context(ctx)
         client.reconnect_delay_set(0.1, 1)
         client.on_connect = self._on_connect

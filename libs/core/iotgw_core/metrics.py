@@ -92,3 +92,16 @@ AUTH_FAILURES = Counter(
     "Requests refused for their credential (401 unauthorized, 403 forbidden).",
     ["source", "code"],
 )
+SINK_PUBLISHES = Counter(
+    "gateway_sink_publishes",
+    "Publishes acknowledged by a cloud sink, per connection (one may carry several records).",
+    ["sink", "connection"],
+)
+SINK_PUBLISH_RATE = Gauge(
+    "gateway_sink_publish_rate",
+    "Publishes per second of one sink connection over the last 5 s (AWS IoT allows ~100).",
+    ["sink", "connection"],
+)
+SINK_CONNECTED = Gauge(
+    "gateway_sink_connected", "1 while a sink connection is up.", ["sink", "connection"]
+)

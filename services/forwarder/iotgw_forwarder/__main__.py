@@ -14,12 +14,67 @@ from prometheus_client import start_http_server
 
 from .consumer import Forwarder
 from .settings import ForwarderSettings
+from .sinks import (
+    AwsClientConfig,
+    IotDataSink,
+    KinesisSink,
+    MqttSink,
+    MqttSinkConfig,
+    TopicTemplate,
+)
 
 log = logging.getLogger("iotgw_forwarder")
 
 
 def build_sink(settings: ForwarderSettings) -> Sink:
-    """The sink chosen by ``IOTGW_SINK``."""
+    """The sink chosen by ``IOTGW_SINK`` (docs/sinks.md); ValueError for a bad configuration."""
+    topic = TopicTemplate(settings.sink_topic_template, settings.sink_basic_ingest_rule)
+    aws = AwsClientConfig(
+        region=settings.aws_region,
+        endpoint_url=settings.aws_endpoint_url,
+        concurrency=settings.aws_concurrency,
+    )
+    if settings.sink in ("aws-iot-mqtt", "mqtt"):
+        aws_iot = settings.sink == "aws-iot-mqtt"
+        if aws_iot and not (settings.mqtt_sink_cert_file and settings.mqtt_sink_key_file):
+            raise ValueError(
+                "aws-iot-mqtt needs IOTGW_MQTT_SINK_CERT_FILE and IOTGW_MQTT_SINK_KEY_FILE"
+            )
+        return MqttSink(
+            MqttSinkConfig(
+                name=settings.sink,
+                host=settings.mqtt_sink_host,
+                port=settings.mqtt_sink_port,
+                client_id=settings.mqtt_sink_client_id or settings.gateway_id,
+                topic=topic,
+                tls=aws_iot or settings.mqtt_sink_tls,
+                ca_file=settings.mqtt_sink_ca_file,
+                cert_file=settings.mqtt_sink_cert_file,
+                key_file=settings.mqtt_sink_key_file,
+                username=settings.mqtt_sink_username,
+                password=settings.mqtt_sink_password,
+                protocol=settings.mqtt_sink_protocol,
+                connections=settings.mqtt_sink_connections,
+                rate_per_connection=settings.mqtt_sink_rate,
+                burst=settings.mqtt_sink_burst,
+                max_inflight=settings.mqtt_sink_max_inflight,
+                keepalive_s=settings.mqtt_sink_keepalive_s,
+                ack_timeout_s=settings.mqtt_sink_ack_timeout_s,
+                reconnect_base_s=settings.mqtt_sink_reconnect_base_s,
+                reconnect_cap_s=settings.mqtt_sink_reconnect_cap_s,
+                max_publish_bytes=settings.sink_max_publish_bytes,
+                batch_max_records=settings.sink_batch_max_records,
+            )
+        )
+    if settings.sink == "aws-iot-https":
+        return IotDataSink(
+            aws,
+            topic=topic,
+            rate=settings.aws_https_rate,
+            max_publish_bytes=settings.sink_max_publish_bytes,
+        )
+    if settings.sink == "kinesis":
+        return KinesisSink(aws, settings.kinesis_stream_name)
     return FileSink(
         settings.outbox_dir,
         max_file_bytes=settings.outbox_max_file_bytes,
@@ -29,7 +84,12 @@ def build_sink(settings: ForwarderSettings) -> Sink:
 
 async def serve(settings: ForwarderSettings) -> None:
     """Forward until SIGINT/SIGTERM, then finish the delivery in progress."""
-    forwarder = Forwarder(settings, build_sink(settings))
+    try:
+        sink = build_sink(settings)
+    except ValueError as exc:
+        log.error("sink %s: %s", settings.sink, exc)
+        raise SystemExit(2) from None
+    forwarder = Forwarder(settings, sink)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, forwarder.stop)
