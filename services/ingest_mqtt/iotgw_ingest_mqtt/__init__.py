@@ -1,0 +1,1 @@
+"""iot-gateway ingest_mqtt."""
