@@ -110,8 +110,15 @@ class FileSink:
         self._written = 0
 
     async def start(self) -> None:
-        """Create the directory and mend a torn last line left by a crash."""
-        await asyncio.to_thread(self._open_latest)
+        """Create the directory and mend a torn last line left by a crash.
+
+        A directory that cannot be used yet is not fatal: deliveries answer
+        SinkUnavailable until it can.
+        """
+        try:
+            await asyncio.to_thread(self._open_latest)
+        except OSError as exc:
+            self._last_error = f"{exc.strerror or exc} ({self.directory})"
 
     def _open_latest(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)

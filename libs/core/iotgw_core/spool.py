@@ -433,6 +433,156 @@ class Spool:
                 raise SpoolError(f"prune failed: {exc}") from exc
         return cur.rowcount
 
+    # -- dead letters and operations (admin API) -------------------------------------------
+
+    @staticmethod
+    def _dead_where(flt: DeadLetterFilter) -> tuple[str, list[object]]:
+        clauses = ["state=3"]
+        params: list[object] = []
+        if flt.ids is not None:
+            clauses.append(f"id IN ({','.join('?' * len(flt.ids))})")
+            params.extend(flt.ids)
+        if flt.tenant is not None:
+            clauses.append("tenant=?")
+            params.append(flt.tenant)
+        if flt.device_id is not None:
+            clauses.append("device_id=?")
+            params.append(flt.device_id)
+        if flt.reason is not None:
+            # Reasons start with a stable code ("payload_too_large: ..."): a prefix match.
+            clauses.append("substr(last_error, 1, ?) = ?")
+            params.extend((len(flt.reason), flt.reason))
+        if flt.since is not None:
+            clauses.append("updated_at >= ?")
+            params.append(flt.since)
+        if flt.until is not None:
+            clauses.append("updated_at < ?")
+            params.append(flt.until)
+        return " AND ".join(clauses), params
+
+    def list_dead(
+        self, flt: DeadLetterFilter, *, after_rid: int = 0, limit: int = 100
+    ) -> list[DeadLetter]:
+        """Dead records matching ``flt`` in spool order, ``limit`` after ``after_rid`` (paging)."""
+        if flt.ids is not None and len(flt.ids) > _CHUNK:
+            raise SpoolError(f"at most {_CHUNK} ids at once")
+        where, params = self._dead_where(flt)
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT rid, id, tenant, device_id, seq, attempts, last_error, created_at,"
+                f" updated_at, size FROM records WHERE {where} AND rid > ? ORDER BY rid LIMIT ?",
+                (*params, after_rid, limit),
+            ).fetchall()
+        return [
+            DeadLetter(
+                rid=int(r[0]),
+                id=str(r[1]),
+                tenant=str(r[2]),
+                device_id=str(r[3]),
+                seq=None if r[4] is None else int(r[4]),
+                attempts=int(r[5]),
+                reason=str(r[6] or ""),
+                created_at=float(r[7]),
+                dead_at=float(r[8]),
+                size=int(r[9]),
+            )
+            for r in rows
+        ]
+
+    def replay(self, flt: DeadLetterFilter, limit: int = 1000) -> list[StoredRecord]:
+        """Dead -> Enqueued (attempts reset) for up to ``limit`` matching records.
+
+        Returns them in spool order, to be handed to the stream again.
+        """
+        if flt.ids is not None and len(flt.ids) > _CHUNK:
+            raise SpoolError(f"at most {_CHUNK} ids at once")
+        where, params = self._dead_where(flt)
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                rows = self._conn.execute(
+                    f"SELECT {_RECORD_COLUMNS} FROM records WHERE {where} ORDER BY rid LIMIT ?",
+                    (*params, limit),
+                ).fetchall()
+                rids = [int(r[0]) for r in rows]
+                now = time.time()
+                for chunk in _chunks(rids):
+                    marks = ",".join("?" * len(chunk))
+                    self._conn.execute(
+                        "UPDATE records SET state=0, attempts=0, last_error=NULL, updated_at=?"
+                        f" WHERE state=3 AND rid IN ({marks})",
+                        (now, *chunk),
+                    )
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise SpoolError(f"replay failed: {exc}") from exc
+        out = []
+        for row in rows:
+            rec = _row_to_record(row)
+            out.append(
+                StoredRecord(
+                    rid=rec.rid,
+                    id=rec.id,
+                    tenant=rec.tenant,
+                    device_id=rec.device_id,
+                    seq=rec.seq,
+                    state=State.ENQUEUED,
+                    attempts=0,
+                    last_error=None,
+                    created_at=rec.created_at,
+                    traceparent=rec.traceparent,
+                    body=rec.body,
+                )
+            )
+        return out
+
+    def purge(self, flt: DeadLetterFilter, limit: int = 100_000) -> int:
+        """Delete up to ``limit`` Dead records matching ``flt``; never touches other states."""
+        if flt.ids is not None and len(flt.ids) > _CHUNK:
+            raise SpoolError(f"at most {_CHUNK} ids at once")
+        where, params = self._dead_where(flt)
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                cur = self._conn.execute(
+                    "DELETE FROM records WHERE state=3 AND rid IN"
+                    f" (SELECT rid FROM records WHERE {where} ORDER BY rid LIMIT ?)",
+                    (*params, limit),
+                )
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise SpoolError(f"purge failed: {exc}") from exc
+        return cur.rowcount
+
+    def summary(self) -> dict[str, object]:
+        """Counts by state, bytes, the oldest pending and Dead ages, Dead by reason code."""
+        counts = self.counts_by_state()
+        totals = self.totals()
+        now = time.time()
+        with self._lock:
+            oldest_dead = self._conn.execute(
+                "SELECT min(updated_at) FROM records WHERE state=3"
+            ).fetchone()[0]
+            reasons = self._conn.execute(
+                "SELECT CASE WHEN instr(last_error, ':') > 0"
+                " THEN substr(last_error, 1, instr(last_error, ':') - 1)"
+                " ELSE coalesce(last_error, '') END AS code, count(*)"
+                " FROM records WHERE state=3 GROUP BY code ORDER BY count(*) DESC LIMIT 50"
+            ).fetchall()
+        oldest = self.oldest_pending_created_at()
+        return {
+            "counts": counts,
+            "records": totals.records,
+            "bytes": totals.bytes,
+            "oldest_pending_age_s": None if oldest is None else round(now - oldest, 3),
+            "oldest_dead_age_s": None if oldest_dead is None else round(now - oldest_dead, 3),
+            "dead_by_reason": {str(code): int(n) for code, n in reasons},
+        }
+
 
 @dataclass(slots=True)
 class _Pending:
@@ -541,3 +691,31 @@ class SpoolWriter:
                 pending.future.set_exception(
                     exc if isinstance(exc, SpoolError) else SpoolError(str(exc))
                 )
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterFilter:
+    """Which Dead records an admin operation means; ``None`` fields match everything."""
+
+    ids: Sequence[str] | None = None
+    tenant: str | None = None
+    device_id: str | None = None
+    reason: str | None = None
+    since: float | None = None
+    until: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A Dead record as the admin API lists it (without its body)."""
+
+    rid: int
+    id: str
+    tenant: str
+    device_id: str
+    seq: int | None
+    attempts: int
+    reason: str
+    created_at: float
+    dead_at: float
+    size: int

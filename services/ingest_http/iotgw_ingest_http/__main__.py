@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
             # Refuse new readings (503) at once; uvicorn then finishes in-flight requests.
             pipeline.begin_drain()
             super().handle_exit(sig, frame)  # type: ignore[arg-type]
+            # A drained shutdown is a clean exit (0), not death by the signal that asked for it.
+            self._captured_signals.clear()
 
     config = uvicorn.Config(
         app,

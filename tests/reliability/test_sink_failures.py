@@ -1,0 +1,152 @@
+"""A sink that fails: retried with backoff, order kept per device, poison records end Dead."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from iotgw_core.ingest import IngestPipeline
+from iotgw_core.settings import CommonSettings, load_settings
+from iotgw_core.sink import MemorySink
+from iotgw_core.spool import AppendResult, Spool, State
+from iotgw_core.validation import parse_reading
+from iotgw_forwarder.consumer import Forwarder
+from iotgw_forwarder.settings import ForwarderSettings
+
+from tests.reliability.load import send_readings
+from tests.support.stack import Stack, wait_until
+
+pytestmark = pytest.mark.reliability
+
+
+@contextlib.asynccontextmanager
+async def pipeline_and_forwarder(
+    env: dict[str, str], sink: MemorySink, **overrides: str
+) -> AsyncIterator[tuple[IngestPipeline, Forwarder]]:
+    env = {**env, **{f"IOTGW_{k.upper()}": v for k, v in overrides.items()}}
+    pipeline = IngestPipeline(load_settings(CommonSettings, env), source="http")
+    await pipeline.start()
+    forwarder = Forwarder(load_settings(ForwarderSettings, env), sink)
+    task = asyncio.create_task(forwarder.run())
+    try:
+        yield pipeline, forwarder
+    finally:
+        forwarder.stop()
+        await asyncio.wait_for(task, 15)
+        await pipeline.stop()
+
+
+async def ingest(pipeline: IngestPipeline, device: str, seqs: range) -> list[AppendResult]:
+    records = [
+        pipeline.build(parse_reading(b'{"seq":%d,"metrics":{"t":1}}' % s), device_id=device)
+        for s in seqs
+    ]
+    return await pipeline.submit(records)
+
+
+async def until(check: object, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_transient_failures_are_retried_and_counted(gateway_env: dict[str, str]) -> None:
+    sink = MemorySink(retry_for=3)
+    async with pipeline_and_forwarder(gateway_env, sink) as (pipeline, _):
+        results = await ingest(pipeline, "dev", range(5))
+        await until(lambda: len(sink.delivered) == 5, 30, "delivery after retries")
+    assert [r.seq for r in sink.delivered] == [0, 1, 2, 3, 4]
+    spool = Spool(gateway_env["IOTGW_SPOOL_PATH"])
+    stored = spool.load([r.rid for r in results])
+    assert all(r.state is State.ACKED for r in stored)
+    # The first record went through all three failed calls, then the one that worked.
+    assert stored[0].attempts == 4 and all(1 <= r.attempts <= 4 for r in stored)
+    assert sink.calls >= 4
+
+
+async def test_poison_record_ends_dead_with_its_reason_and_its_device_keeps_order(
+    gateway_env: dict[str, str],
+) -> None:
+    sink = MemorySink()
+    async with pipeline_and_forwarder(gateway_env, sink, retry_max_attempts="4") as (pipeline, _):
+        # The forwarder sees A's records only after the poison is set.
+        a = await ingest(pipeline, "dev-a", range(6))
+        sink.poison.add(a[2].id)
+        b = await ingest(pipeline, "dev-b", range(3))
+        await until(lambda: len(sink.delivered) == 8, 30, "all but the poison delivered")
+    delivered_a = [r.seq for r in sink.delivered if r.device_id == "dev-a"]
+    assert delivered_a == [0, 1, 3, 4, 5], "order of a device is kept around its dead record"
+    assert [r.seq for r in sink.delivered if r.device_id == "dev-b"] == [0, 1, 2]
+    dead = Spool(gateway_env["IOTGW_SPOOL_PATH"]).get(a[2].id)
+    assert dead is not None and dead.state is State.DEAD and dead.attempts == 4
+    assert dead.last_error == "attempts exhausted (4): poison record: sink refuses it"
+    assert b[0].state is State.ENQUEUED
+
+
+async def test_a_failing_device_does_not_hold_up_the_others(gateway_env: dict[str, str]) -> None:
+    sink = MemorySink()
+    async with pipeline_and_forwarder(
+        gateway_env, sink, retry_base_s="1", retry_cap_s="1", retry_max_attempts="3"
+    ) as (pipeline, _):
+        a = await ingest(pipeline, "dev-slow", range(1))
+        sink.poison.add(a[0].id)
+        await asyncio.sleep(0.3)
+        await ingest(pipeline, "dev-fast", range(20))
+        await until(
+            lambda: sum(r.device_id == "dev-fast" for r in sink.delivered) == 20, 10, "dev-fast"
+        )
+        # dev-slow is still backing off while dev-fast is done.
+        assert Spool(gateway_env["IOTGW_SPOOL_PATH"]).get(a[0].id).state is not State.DEAD  # type: ignore[union-attr]
+
+
+def test_file_sink_down_for_a_while_then_everything_delivered(
+    gateway_env: dict[str, str], tmp_path: Path
+) -> None:
+    stack = Stack(gateway_env, tmp_path).start()
+    try:
+        wait_until(stack.outbox.is_dir, 20, "outbox created")
+        shutil.rmtree(stack.outbox)
+        stack.outbox.write_text("the disk is gone")  # writes fail: the sink is unavailable
+        result = asyncio.run(send_readings(stack.base_url, 500, device="dev-s", time_limit_s=60))
+        assert len(result.acked) == 500
+        time.sleep(2.0)
+        spool = Spool(gateway_env["IOTGW_SPOOL_PATH"])
+        counts = spool.counts_by_state()
+        assert counts["Acked"] == 0 and counts["Dead"] == 0
+        stack.outbox.unlink()  # the disk is back
+        wait_until(lambda: len(stack.records()) >= 500, 60, "backlog delivered")
+        assert sorted(r["seq"] for r in stack.records()) == sorted(result.acked)
+        # Waiting for an unreachable sink spends no attempt: nothing became Dead.
+        assert spool.counts_by_state()["Dead"] == 0
+        assert "unavailable" in stack.forwarder.log_text()
+    finally:
+        stack.stop()
+
+
+def test_record_over_the_sink_limit_is_dead_at_once_with_its_reason(
+    gateway_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**gateway_env, "IOTGW_SINK_MAX_RECORD_BYTES": "600"}
+    stack = Stack(env, tmp_path).start()
+    try:
+        with stack.client() as client:
+            big = client.post("/v1/ingest/dev", json={"seq": 1, "payload": {"x": "y" * 800}})
+            small = client.post("/v1/ingest/dev", json={"seq": 2, "metrics": {"t": 1}})
+        assert big.status_code == small.status_code == 202
+        stack.wait_outbox(1)
+        spool = Spool(env["IOTGW_SPOOL_PATH"])
+        wait_until(lambda: spool.counts_by_state()["Dead"] == 1, 20, "the big one Dead")
+        dead = spool.get(big.json()["id"])
+        assert dead is not None and dead.state is State.DEAD and dead.attempts == 1
+        assert dead.last_error is not None and dead.last_error.startswith("record_too_large")
+        assert [r["seq"] for r in stack.records()] == [2]
+    finally:
+        stack.stop()
