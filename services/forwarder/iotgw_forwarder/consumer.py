@@ -27,6 +27,7 @@ from iotgw_core.stream import RecordStream, StreamEntry, connect
 from redis.exceptions import RedisError, ResponseError
 
 from .settings import ForwarderSettings
+from .sinks.common import RecordBudget
 
 log = logging.getLogger(__name__)
 DeviceKey = tuple[str, str]
@@ -76,6 +77,14 @@ class Forwarder:
         self._stopping = asyncio.Event()
         self._reconcile_now = asyncio.Event()
         self._own_pending_done = False
+        # Operations (docs/admin-api.md): an admin pause flag in Redis, and a
+        # cap on how fast a backlog drains so that live data is not starved.
+        self.paused = False
+        self.pause_key = f"{settings.stream_key}:paused"
+        self.backlog_budget = (
+            RecordBudget(settings.backlog_max_rate) if settings.backlog_max_rate > 0 else None
+        )
+        self._paced_out = False
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -90,6 +99,7 @@ class Forwarder:
             asyncio.create_task(self._reconcile_loop(), name="reconciler"),
             asyncio.create_task(self._maintenance_loop(), name="maintenance"),
             asyncio.create_task(self._reclaim_loop(), name="reclaimer"),
+            asyncio.create_task(self._pause_loop(), name="pause-flag"),
         ]
         try:
             while not self._stopping.is_set():
@@ -109,6 +119,9 @@ class Forwarder:
     async def step(self) -> None:
         """One round: read what is new (if there is room), deliver what is ready."""
         await self._flush_acks()
+        if self.paused:
+            await asyncio.sleep(min(0.5, self.settings.pause_poll_s))
+            return
         if len(self.items) < self.settings.max_pending_records:
             entries = await self._read(block_ms=None if self._ready_now() else self._idle_ms())
             if entries:
@@ -118,6 +131,8 @@ class Forwarder:
         batch = self._ready_batch()
         if batch:
             await self._deliver(batch)
+        elif self._paced_out:
+            await asyncio.sleep(0.05)  # the backlog budget refills
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -213,13 +228,34 @@ class Forwarder:
         if now < self.unavailable_until:
             return []
         batch: list[Pending] = []
-        for key, lane in self.lanes.items():
+        backlog_cutoff = time.time() - self.settings.backlog_age_s
+        lanes = list(self.lanes.items())
+        if self.settings.backlog_live_first:
+            # Devices whose next record is live go first (their own order still holds).
+            lanes.sort(key=lambda kv: bool(kv[1]) and kv[1][0].record.created_at < backlog_cutoff)
+        budget = self.backlog_budget.available() if self.backlog_budget else None
+        spent = 0
+        self._paced_out = False
+        for key, lane in lanes:
             if not lane or self.not_before.get(key, 0.0) > now:
                 continue
             room = self.settings.forward_batch - len(batch)
-            batch.extend(lane[: min(room, self.settings.forward_batch_per_device)])
+            take = lane[: min(room, self.settings.forward_batch_per_device)]
+            if budget is not None:
+                allowed = 0
+                for pending in take:
+                    if pending.record.created_at < backlog_cutoff:
+                        if spent >= budget:
+                            self._paced_out = True
+                            break
+                        spent += 1
+                    allowed += 1
+                take = take[:allowed]
+            batch.extend(take)
             if len(batch) >= self.settings.forward_batch:
                 break
+        if self.backlog_budget is not None and spent:
+            self.backlog_budget.spend(spent)
         return batch
 
     async def _deliver(self, batch: list[Pending]) -> None:
@@ -389,6 +425,17 @@ class Forwarder:
             if claimed:
                 await self._take(claimed)
 
+    async def _pause_loop(self) -> None:
+        while True:
+            try:
+                paused = bool(await self.stream.client.exists(self.pause_key))
+                if paused != self.paused:
+                    log.warning("delivery %s by the admin API", "paused" if paused else "resumed")
+                self.paused = paused
+            except (RedisError, OSError) as exc:
+                log.debug("pause flag unreadable: %s", exc)
+            await asyncio.sleep(self.settings.pause_poll_s)
+
     async def _maintenance_loop(self) -> None:
         last_prune = 0.0
         while True:
@@ -438,6 +485,7 @@ class Forwarder:
             "status": state,
             "consumer": self.consumer,
             "pending_in_memory": len(self.items),
+            "paused": self.paused,
             "sink": self.sink.status(),
             "sink_error": self.sink_error,
             "reported_at": time.time(),

@@ -123,9 +123,7 @@ async def list_dead_letters(request: Request[Any, Any, Any]) -> Response[bytes]:
     return _json(
         200,
         {
-            "items": [msgspec.structs.asdict(item) for item in items]
-            if hasattr(items[0] if items else None, "__struct_fields__")
-            else [_letter(item) for item in items],
+            "items": [_letter(item) for item in items],
             "next": items[-1].rid if len(items) == limit else None,
         },
     )

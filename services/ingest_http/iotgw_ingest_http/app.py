@@ -26,6 +26,7 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
+from .admin import admin_router
 from .openapi import build_openapi
 from .settings import IngestHttpSettings
 
@@ -357,6 +358,9 @@ def create_app(settings: IngestHttpSettings, pipeline: IngestPipeline | None = N
     ]
     if settings.http_bench_endpoints:
         handlers.append(post("/bench/noop")(bench_noop))
+    admin = admin_router()  # None (404) unless IOTGW_ADMIN_TOKEN(_FILE) is set
+    if admin is not None:
+        handlers.append(admin)
     return Litestar(
         route_handlers=handlers,
         lifespan=[lifespan],

@@ -185,3 +185,24 @@ def batch_payload(bodies: Sequence[bytes]) -> bytes:
     if len(bodies) == 1:
         return bodies[0]
     return b"[" + b",".join(bodies) + b"]"
+
+
+class RecordBudget:
+    """A non-blocking token bucket: how many backlog records may go now (``rate`` per s)."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.capacity = max(1.0, rate)  # at most one second's worth at once
+        self.tokens = self.capacity
+        self.stamp = time.monotonic()
+
+    def available(self) -> int:
+        """Whole records that may be handed over now."""
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        return int(self.tokens)
+
+    def spend(self, count: int) -> None:
+        """Take ``count`` records out of the budget."""
+        self.tokens -= count
