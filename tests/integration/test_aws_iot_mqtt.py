@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -201,10 +200,8 @@ def test_pool_and_batching_stay_under_the_connection_limits(
         devices = [f"dev-{i:02d}" for i in range(12)]
         with stack.client() as client:
             sent = post_batches(client, devices, 100)
-        started = time.monotonic()
         stack.start_forwarder()
         wait_until(lambda: len(checker.ids()) >= sent, 90, f"{sent} records")
-        del started
     finally:
         stack.stop()
     messages = checker.snapshot()
