@@ -239,6 +239,10 @@ class KinesisSink:
                     self._client.put_records, StreamName=self.stream_name, Records=entries
                 )
             except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
+                    # A missing stream is configuration, not these records' fault: wait.
+                    self._counters.last_error = f"stream {self.stream_name} not found"
+                    raise SinkUnavailable(f"Kinesis: {exc}") from None
                 failed = _client_error(exc)
                 for i in request:
                     answers[i] = failed
