@@ -139,5 +139,5 @@ def test_kinesis_missing_stream_makes_the_sink_unavailable(moto_url: str) -> Non
         await sink.start()
         await sink.deliver([record(1, "dev-0", 1), record(2, "dev-0", 2)])
 
-    with pytest.raises(SinkUnavailable, match="absent|not found"):
+    with pytest.raises(SinkUnavailable, match=r"absent|not found"):
         asyncio.run(scenario())
