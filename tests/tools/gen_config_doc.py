@@ -13,6 +13,10 @@ from iotgw_core.settings import markdown_table
 # (heading, "module:Class") of every service's settings struct.
 SETTINGS: list[tuple[str, str]] = [
     ("HTTP ingest (`services/ingest_http`)", "iotgw_ingest_http.settings:IngestHttpSettings"),
+    (
+        "Admin API (`services/ingest_http`, docs/admin-api.md)",
+        "iotgw_ingest_http.admin:AdminSettings",
+    ),
     ("Forwarder (`services/forwarder`)", "iotgw_forwarder.settings:ForwarderSettings"),
 ]
 
