@@ -21,7 +21,7 @@ from typing import Literal
 
 from redis.exceptions import RedisError
 
-from . import metrics
+from . import metrics, telemetry
 from .envelope import Envelope, GatewayInfo, RecordClass, Source, TraceContext, encode_envelope
 from .ids import uuid7_str
 from .settings import CommonSettings
@@ -102,6 +102,8 @@ class IngestPipeline:
         self._handoff: asyncio.Queue[list[StreamEntry]] = asyncio.Queue()
         self._waiters: dict[str, asyncio.Future[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self.traces = telemetry.RecordTracer(source, settings.stream_key)
+        self._reconnects: dict[str, float] = {}  # record id -> device-reported reconnects
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -160,10 +162,27 @@ class IngestPipeline:
         received_at = utc_now()
         if traceparent is not None and not TRACEPARENT_RE.match(traceparent):
             traceparent = None
+        record_id, tenant, site = (
+            uuid7_str(),
+            tenant or self.settings.tenant,
+            site or self.settings.site,
+        )
+        # With tracing on, the record carries its ingest span's context from here on.
+        traceparent = self.traces.start_ingest(
+            record_id=record_id,
+            tenant=tenant,
+            site=site,
+            device_id=device_id,
+            record_class=record_class,
+            seq=reading.seq,
+            traceparent=traceparent,
+        )
+        if "reconnects" in reading.metrics:
+            self._reconnects[record_id] = reading.metrics["reconnects"]
         env = Envelope(
-            id=uuid7_str(),
-            tenant=tenant or self.settings.tenant,
-            site=site or self.settings.site,
+            id=record_id,
+            tenant=tenant,
+            site=site,
             device_id=device_id,
             record_class=record_class,
             seq=reading.seq,
@@ -190,8 +209,16 @@ class IngestPipeline:
     async def submit(self, records: Sequence[NewRecord]) -> list[AppendResult]:
         """Append records to the spool; returns once they are committed (durable)."""
         started = time.perf_counter()
-        results = await self.writer.append_many(records)
-        metrics.SPOOL_COMMIT_SECONDS.observe(time.perf_counter() - started)
+        with self.traces.commit(records):
+            results = await self.writer.append_many(records)
+        metrics.SPOOL_COMMIT_SECONDS.observe(
+            time.perf_counter() - started, exemplar=telemetry.current_exemplar()
+        )
+        for rec, res in zip(records, results, strict=True):
+            reconnects = self._reconnects.pop(rec.id, None) if self._reconnects else None
+            metrics.DEVICES.observe(
+                rec.tenant, rec.device_id, rec.seq, duplicate=res.duplicate, reconnects=reconnects
+            )
         return results
 
     def _on_commit(
@@ -216,7 +243,8 @@ class IngestPipeline:
                 entries.extend(self._handoff.get_nowait())
                 batches += 1
             try:
-                await self.stream.add_many(entries)
+                with self.traces.handoff(entries):
+                    await self.stream.add_many(entries)
                 self.stream_ok, self.stream_error = True, None
             except (RedisError, OSError) as exc:
                 # Committed and acknowledged already: the reconciler re-enqueues them.

@@ -105,3 +105,106 @@ SINK_PUBLISH_RATE = Gauge(
 SINK_CONNECTED = Gauge(
     "gateway_sink_connected", "1 while a sink connection is up.", ["sink", "connection"]
 )
+
+# -- per-device metrics (dashboards "devices" and "gateway overview") ----------------------
+# A label per device is what lets an operator find the one device that went
+# quiet, but every label value is a time series held by Prometheus: the first
+# DEVICE_LABEL_LIMIT devices a process sees get their own series, every later
+# device is counted under device_id="_other" (and gateway_device_label_overflow
+# counts its readings). Set the limit with IOTGW_METRICS_MAX_DEVICES
+# (docs/observability.md, "Label cardinality").
+OTHER_DEVICES = "_other"
+
+DEVICE_RECORDS = Counter(
+    "gateway_device_records",
+    "Readings of one device committed to the spool (duplicates excluded).",
+    ["tenant", "device_id"],
+)
+DEVICE_LAST_SEEN = Gauge(
+    "gateway_device_last_seen_timestamp_seconds",
+    "Unix time of the last reading of one device that the gateway committed.",
+    ["tenant", "device_id"],
+)
+DEVICE_SEQ_GAPS = Counter(
+    "gateway_device_seq_gaps",
+    "Sequence numbers a device skipped (seq jumped past last seq + 1): readings lost upstream.",
+    ["tenant", "device_id"],
+)
+DEVICE_DUPLICATES = Counter(
+    "gateway_device_duplicates",
+    "Readings of one device acknowledged again as repeats of a stored (tenant, device_id, seq).",
+    ["tenant", "device_id"],
+)
+DEVICE_RECONNECTS = Counter(
+    "gateway_device_reconnects",
+    "Reconnects of a device to its broker or network, from its `reconnects` reading metric.",
+    ["tenant", "device_id"],
+)
+DEVICE_LABEL_OVERFLOW = Counter(
+    "gateway_device_label_overflow",
+    'Readings counted under device_id="_other" because the device label limit was reached.',
+)
+SINK_UP = Gauge(
+    "gateway_sink_up",
+    "1 while the forwarder's sink (the uplink) accepts deliveries, 0 while it is unavailable.",
+    ["sink"],
+)
+
+
+class DeviceMetrics:
+    """Per-device counters with a bound on the number of device label values."""
+
+    def __init__(self, max_devices: int = 1000) -> None:
+        self.max_devices = max_devices
+        self._labels: dict[tuple[str, str], tuple[str, str]] = {}
+        self._last_seq: dict[tuple[str, str], int] = {}
+        self._reconnects: dict[tuple[str, str], float] = {}
+
+    def _label(self, tenant: str, device_id: str) -> tuple[str, str] | None:
+        key = (tenant, device_id)
+        label = self._labels.get(key)
+        if label is None:
+            if len(self._labels) >= self.max_devices:
+                DEVICE_LABEL_OVERFLOW.inc()
+                return None
+            label = self._labels[key] = key
+        return label
+
+    def observe(
+        self,
+        tenant: str,
+        device_id: str,
+        seq: int | None,
+        *,
+        duplicate: bool,
+        reconnects: float | None = None,
+    ) -> None:
+        """Count one committed reading of a device (after its spool commit)."""
+        label = self._label(tenant, device_id)
+        tracked = label is not None
+        tenant_l, device_l = label if label is not None else (tenant, OTHER_DEVICES)
+        if duplicate:
+            DEVICE_DUPLICATES.labels(tenant_l, device_l).inc()
+            return
+        DEVICE_RECORDS.labels(tenant_l, device_l).inc()
+        DEVICE_LAST_SEEN.labels(tenant_l, device_l).set_to_current_time()
+        if not tracked:
+            return
+        key = (tenant, device_id)
+        if seq is not None:
+            last = self._last_seq.get(key)
+            if last is not None and seq > last + 1:
+                DEVICE_SEQ_GAPS.labels(tenant_l, device_l).inc(seq - last - 1)
+            # A smaller seq is a late reading or a device restart: no gap, new baseline.
+            if last is None or seq > last or seq < last - 1000:
+                self._last_seq[key] = seq
+        if reconnects is not None:
+            before = self._reconnects.get(key)
+            if before is not None and reconnects > before:
+                DEVICE_RECONNECTS.labels(tenant_l, device_l).inc(reconnects - before)
+            elif before is not None and reconnects < before:
+                DEVICE_RECONNECTS.labels(tenant_l, device_l).inc(reconnects)  # counter reset
+            self._reconnects[key] = reconnects
+
+
+DEVICES = DeviceMetrics()

@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 
+from iotgw_core import telemetry
 from iotgw_core.logs import setup_logging
 from iotgw_core.settings import SettingsError, load_settings
 from iotgw_core.sink import FileSink, Sink
@@ -110,9 +111,13 @@ def main() -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level, "forwarder")
+    telemetry.setup("forwarder")
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.metrics_host)
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    finally:
+        telemetry.shutdown()
     return 0
 
 

@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from iotgw_core import metrics
+from iotgw_core import metrics, telemetry
 from iotgw_core.retry import RetryPolicy
 from iotgw_core.sink import Outcome, Sink, SinkUnavailable, skip_after_failure
 from iotgw_core.spool import Spool, State, StoredRecord
@@ -77,6 +77,7 @@ class Forwarder:
         self._stopping = asyncio.Event()
         self._reconcile_now = asyncio.Event()
         self._own_pending_done = False
+        self.traces = telemetry.RecordTracer("forwarder", self.stream.key)
         # Operations (docs/admin-api.md): an admin pause flag in Redis, and a
         # cap on how fast a backlog drains so that live data is not starved.
         self.paused = False
@@ -262,19 +263,23 @@ class Forwarder:
         records = [p.record for p in batch]
         rids = [r.rid for r in records]
         await asyncio.to_thread(self.spool.mark_inflight, rids)
-        try:
-            answers = await self.sink.deliver(records)
-        except SinkUnavailable as exc:
-            await self._sink_unavailable(rids, str(exc))
-            return
-        except Exception as exc:
-            log.exception("sink %s raised; treating it as unavailable", self.sink.name)
-            await self._sink_unavailable(rids, f"sink error: {exc!r}")
-            return
-        self.unavailable_failures = 0
-        self.sink_error = None
-        answers = skip_after_failure(records, list(answers))
-        await self._settle(batch, answers)
+        with self.traces.deliver(records, self.sink.name, self.stream.group) as spans:
+            try:
+                answers = await self.sink.deliver(records)
+            except SinkUnavailable as exc:
+                spans.failed(str(exc))
+                await self._sink_unavailable(rids, str(exc))
+                return
+            except Exception as exc:
+                log.exception("sink %s raised; treating it as unavailable", self.sink.name)
+                spans.failed(repr(exc))
+                await self._sink_unavailable(rids, f"sink error: {exc!r}")
+                return
+            self.unavailable_failures = 0
+            self.sink_error = None
+            answers = skip_after_failure(records, list(answers))
+            spans.outcomes(records, answers)
+            await self._settle(batch, answers)
 
     async def _sink_unavailable(self, rids: list[int], error: str) -> None:
         self.unavailable_failures += 1
@@ -315,7 +320,10 @@ class Forwarder:
             metrics.FORWARD_ATTEMPTS.labels(sink, "delivered").inc(len(acked))
             now = time.time()
             for p in acked:
-                metrics.INGEST_TO_ACK_SECONDS.observe(max(0.0, now - p.record.created_at))
+                metrics.INGEST_TO_ACK_SECONDS.observe(
+                    max(0.0, now - p.record.created_at),
+                    exemplar=telemetry.exemplar_of(p.record.traceparent),
+                )
         for error, items in dead.items():
             await asyncio.to_thread(self.spool.mark_dead, [p.record.rid for p in items], error)
             metrics.DEAD_LETTERS.labels(error.split(":", 1)[0][:60]).inc(len(items))
@@ -463,6 +471,7 @@ class Forwarder:
         return total
 
     async def _update_gauges(self) -> None:
+        metrics.SINK_UP.labels(self.sink.name).set(0 if self.sink_error else 1)
         counts = await asyncio.to_thread(self.spool.counts_by_state)
         for label, count in counts.items():
             metrics.SPOOL_RECORDS.labels(label).set(count)

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from typing import Any, Final
 
 import msgspec
-from iotgw_core import metrics
+from iotgw_core import metrics, telemetry
 from iotgw_core.ingest import IngestPipeline, Refused
 from iotgw_core.spool import AppendResult, NewRecord, SpoolError
 from iotgw_core.validation import ValidationFailure, check_device_id, decode_json, validate_reading
@@ -23,7 +23,6 @@ from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 from litestar.params import FromPath
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from .admin import admin_router
@@ -269,9 +268,10 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[bytes]:
     return _json(200, {"status": "ready"})
 
 
-async def metrics_endpoint() -> Response[bytes]:
-    """Prometheus exposition of this process's metrics."""
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+async def metrics_endpoint(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Prometheus exposition of this process's metrics (OpenMetrics with exemplars if asked)."""
+    body, content_type = telemetry.metrics_payload(request.headers.get("accept"))
+    return Response(body, media_type=content_type)
 
 
 async def swagger_ui() -> str:
@@ -317,6 +317,16 @@ def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response
 
 def create_app(settings: IngestHttpSettings, pipeline: IngestPipeline | None = None) -> Litestar:
     """Build the app; the lifespan starts the pipeline (spool writer, hand-off)."""
+    plugins: list[Any] = []
+    if telemetry.setup("ingest-http"):
+        from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
+
+        # The HTTP server span: its parent is the request's `traceparent` header.
+        config = OpenTelemetryConfig(
+            exclude=["^/metrics", "^/healthz", "^/readyz", "^/docs"],
+            exclude_spans=["receive", "send"],
+        )
+        plugins.append(OpenTelemetryPlugin(config))
     pipe = pipeline or IngestPipeline(
         settings,
         source=SOURCE,
@@ -339,6 +349,7 @@ def create_app(settings: IngestHttpSettings, pipeline: IngestPipeline | None = N
         finally:
             started = time.monotonic()
             await pipe.stop()
+            telemetry.shutdown()
             log.info("HTTP ingest drained in %.2fs", time.monotonic() - started)
 
     handlers: list[Any] = [
@@ -370,4 +381,5 @@ def create_app(settings: IngestHttpSettings, pipeline: IngestPipeline | None = N
         request_max_body_size=settings.http_max_body_bytes,
         debug=False,
         logging_config=None,
+        plugins=plugins,
     )
