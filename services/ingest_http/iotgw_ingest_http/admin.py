@@ -279,3 +279,116 @@ def admin_router(settings: AdminSettings | None = None) -> Router | None:
             post("/resume", status_code=200)(resume),
         ],
     )
+
+
+def _op(op_id: str, summary: str, ok: str, **extra: Any) -> dict[str, Any]:
+    err = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    return {
+        "operationId": op_id,
+        "summary": summary,
+        "tags": ["admin"],
+        "security": [{"adminToken": []}],
+        **extra,
+        "responses": {
+            "200": {
+                "description": ok,
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            },
+            "400": {"description": "Bad query or selection.", **err},
+            "401": {"description": "Missing or wrong admin token.", **err},
+            "404": {"description": "The admin API is off (no IOTGW_ADMIN_TOKEN_FILE)."},
+        },
+    }
+
+
+_SELECTION_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "ids": {"type": "array", "items": {"type": "string"}, "maxItems": 500},
+                    "tenant": {"type": "string"},
+                    "device_id": {"type": "string"},
+                    "reason": {"type": "string", "description": "Prefix of the last error."},
+                    "since": {"type": "number", "description": "Dead at or after (Unix s)."},
+                    "until": {"type": "number", "description": "Dead before (Unix s)."},
+                    "limit": {"type": "integer", "minimum": 1, "maximum": MAX_REPLAY},
+                    "all": {"type": "boolean", "description": "Select every Dead record."},
+                },
+            },
+            "example": {"device_id": "stm32-01", "reason": "payload_too_large", "limit": 1000},
+        }
+    },
+}
+
+
+def _q(name: str, kind: str, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": {"type": kind},
+    }
+
+
+def openapi_paths() -> dict[str, Any]:
+    """The admin paths of the OpenAPI document (docs/admin-api.md)."""
+    return {
+        "/admin/v1/dead-letters": {
+            "get": _op(
+                "listDeadLetters",
+                "Dead letters, oldest first, paginated by cursor",
+                "`items` and `next` (the `after` of the following page, or null).",
+                parameters=[
+                    _q("tenant", "string", "Only this tenant."),
+                    _q("device_id", "string", "Only this device."),
+                    _q("reason", "string", "Reason prefix, e.g. payload_too_large."),
+                    _q("since", "number", "Dead at or after (Unix seconds)."),
+                    _q("until", "number", "Dead before (Unix seconds)."),
+                    _q("after", "integer", "Cursor: `next` of the previous page."),
+                    _q("limit", "integer", f"Page size, 1..{MAX_PAGE} (default 100)."),
+                ],
+            )
+        },
+        "/admin/v1/dead-letters/replay": {
+            "post": _op(
+                "replayDeadLetters",
+                "Back to Enqueued (attempts reset) and handed to the stream",
+                "`replayed`, `ids`, `handed_to_stream`.",
+                requestBody=_SELECTION_BODY,
+            )
+        },
+        "/admin/v1/dead-letters/purge": {
+            "post": _op(
+                "purgeDeadLetters",
+                "Delete Dead records for good",
+                "`purged`.",
+                requestBody=_SELECTION_BODY,
+            )
+        },
+        "/admin/v1/spool": {
+            "get": _op(
+                "spoolSummary",
+                "Counts by state, bytes, oldest ages, Dead by reason, drain/pause state",
+                "The summary.",
+            )
+        },
+        "/admin/v1/drain": {
+            "post": _op("drain", "Refuse new readings (503) until resume", "The state.")
+        },
+        "/admin/v1/pause": {"post": _op("pause", "Stop the forwarder delivering", "The state.")},
+        "/admin/v1/resume": {"post": _op("resume", "Undo pause and drain", "The state.")},
+    }
+
+
+SECURITY_SCHEMES = {
+    "adminToken": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "The admin token (IOTGW_ADMIN_TOKEN_FILE).",
+    }
+}

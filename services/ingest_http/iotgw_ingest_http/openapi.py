@@ -14,6 +14,9 @@ from iotgw_core.envelope import GATEWAY_VERSION
 from iotgw_core.validation import MAX_METRICS, MAX_TAG_VALUE_LEN, MAX_TAGS
 from msgspec import Meta
 
+from .admin import SECURITY_SCHEMES
+from .admin import openapi_paths as admin_paths
+
 Key = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
 
 
@@ -240,6 +243,7 @@ def build_openapi() -> dict[str, Any]:
                     },
                 }
             },
+            **admin_paths(),
         },
-        "components": {"schemas": components},
+        "components": {"schemas": components, "securitySchemes": SECURITY_SCHEMES},
     }
