@@ -18,6 +18,7 @@ SETTINGS: list[tuple[str, str]] = [
         "iotgw_ingest_http.admin:AdminSettings",
     ),
     ("Forwarder (`services/forwarder`)", "iotgw_forwarder.settings:ForwarderSettings"),
+    ("CLI `iotgw admin` (`services/cli`)", "iotgw_cli.admin:AdminCliSettings"),
 ]
 
 HEADER = """# Configuration

@@ -11,11 +11,11 @@ import sys
 
 from iotgw_core.registry import RegistryError
 
-from . import broker, devices, quarantine
+from . import admin, broker, devices, quarantine
 from .devices import CliError
 from .paths import Paths
 
-GROUPS = (devices, quarantine, broker)
+GROUPS = (devices, quarantine, broker, admin)
 
 
 def build_parser() -> argparse.ArgumentParser:
