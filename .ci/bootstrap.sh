@@ -15,6 +15,8 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 command -v mosquitto >/dev/null || missing+=(mosquitto)
 command -v mosquitto_passwd >/dev/null || missing+=(mosquitto)
 command -v mosquitto_pub >/dev/null || missing+=(mosquitto-clients)
+# promtool (rule unit tests) and prometheus (the dashboards/rules test scrapes the stack).
+command -v promtool >/dev/null || missing+=(prometheus)
 if [ "${BOOTSTRAP_BENCH:-0}" = 1 ]; then command -v wrk >/dev/null || missing+=(wrk); fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "bootstrap: installing ${missing[*]}"
