@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -156,5 +157,65 @@ def test_bad_queries_are_answered_400(gateway_env: dict[str, str], tmp_path: Pat
             assert bad.status_code == 400
             bad = client.post("/admin/v1/dead-letters/replay", json={"bogus": 1}, headers=auth())
             assert bad.status_code == 400 and bad.json()["code"] == "invalid_selection"
+    finally:
+        stack.stop()
+
+
+def test_cli_lists_replays_and_purges_with_progress(
+    gateway_env: dict[str, str], tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    env = admin_env(gateway_env, tmp_path)
+    stack = Stack(env, tmp_path).start()
+    cli_env = {
+        **env,
+        "IOTGW_ADMIN_URL": stack.base_url,
+        "PATH": "/usr/bin:/bin",
+    }
+
+    def iotgw(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "iotgw_cli", "admin", *argv],
+            env=cli_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    try:
+        with stack.client() as client:
+            for seq in range(4):
+                r = client.post(
+                    "/v1/ingest/dev-cli", json={"seq": seq, "payload": {"blob": "y" * 500}}
+                )
+                assert r.status_code == 202
+            wait_until(
+                lambda: client.get("/admin/v1/spool", headers=auth()).json()["counts"]["Dead"] == 4,
+                30,
+                "four dead letters",
+            )
+        listed = iotgw("dead", "list", "--device", "dev-cli", "--json")
+        assert listed.returncode == 0, listed.stderr
+        assert len(json.loads(listed.stdout)) == 4
+        replay = iotgw("dead", "replay", "--device", "dev-cli", "--chunk", "2")
+        assert replay.returncode == 0, replay.stderr
+        assert "4/4 replayed" in replay.stderr  # the progress bar
+        assert json.loads(replay.stdout) == {"replayed": 4}
+        # Still over the sink's limit: they go Dead again; purge them all.
+        with stack.client() as client:
+            wait_until(
+                lambda: client.get("/admin/v1/spool", headers=auth()).json()["counts"]["Dead"] == 4,
+                30,
+                "dead again",
+            )
+        purge = iotgw("dead", "purge", "--all")
+        assert purge.returncode == 0 and json.loads(purge.stdout) == {"purged": 4}
+        assert json.loads(iotgw("spool").stdout)["counts"]["Dead"] == 0
+        cli_env["IOTGW_ADMIN_TOKEN_FILE"] = str(tmp_path / "absent")
+        refused = iotgw("spool")
+        assert refused.returncode == 1 and "IOTGW_ADMIN_TOKEN_FILE" in refused.stderr
+        assert "Traceback" not in refused.stderr
     finally:
         stack.stop()

@@ -17,7 +17,7 @@ import urllib.request
 from typing import Annotated, Any
 
 import msgspec
-from iotgw_core.settings import load_settings
+from iotgw_core.settings import SettingsError, load_settings
 from msgspec import Meta
 
 from .devices import CliError
@@ -75,7 +75,10 @@ class AdminClient:
 
 
 def _client() -> AdminClient:
-    settings = load_settings(AdminCliSettings)
+    try:
+        settings = load_settings(AdminCliSettings)
+    except SettingsError as exc:
+        raise CliError(str(exc)) from None
     if not settings.admin_token:
         raise CliError("no admin token: set IOTGW_ADMIN_TOKEN_FILE (or IOTGW_ADMIN_TOKEN)")
     return AdminClient(settings.admin_url, settings.admin_token)
