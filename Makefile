@@ -30,7 +30,7 @@ fmt: deps ## Format and auto-fix
 	$(UV) run --frozen ruff check --fix libs services tests
 	$(UV) run --frozen ruff format libs services tests
 
-bench: ## Benchmarks that print figures into var/bench/results.json (BENCH=http|all)
+bench: ## Benchmarks that print figures into var/bench/results.json (BENCH=http|drain|all)
 	@BOOTSTRAP_BENCH=1 bash .ci/bootstrap.sh
 	$(PY) -m tests.bench --group $(BENCH)
 
