@@ -89,6 +89,25 @@ def test_pending_of_device_in_commit_order(spool: Spool) -> None:
     assert [p.rid for p in pending] == [results[i].rid for i in (3, 5, 7)]
 
 
+def test_rids_are_never_reused_after_pruning(spool: Spool) -> None:
+    first, _ = spool.append_batch([rec(1), rec(2)])
+    spool.mark_acked([r.rid for r in first])
+    assert spool.prune_oldest_acked(10) == 2
+    again, totals = spool.append_batch([rec(3)])
+    assert again[0].rid > first[1].rid and totals.records == 1
+
+
+def test_duplicate_check_uses_the_idempotency_index(spool: Spool) -> None:
+    statements: list[str] = []
+    spool._conn.set_trace_callback(statements.append)
+    spool.append_batch([rec(1, seq=1), rec(2, seq=2)])
+    spool._conn.set_trace_callback(None)
+    lookup = next(s for s in statements if s.startswith("WITH k("))
+    plan = spool._conn.execute("EXPLAIN QUERY PLAN " + lookup).fetchall()
+    assert any("ux_records_idempotency" in str(row) for row in plan), plan
+    assert not any(row[3] == "SCAN r" for row in plan), plan
+
+
 def test_spool_survives_reopen(tmp_path: Path) -> None:
     first = Spool(tmp_path / "s.db")
     first.append_batch([rec(1, seq=1)])
@@ -117,7 +136,6 @@ async def test_append_failure_reaches_every_sender(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "s.db")
     writer = SpoolWriter(spool)
     writer.start()
-    spool._conn.execute("DROP TRIGGER tr_records_insert")
     spool._conn.execute(
         "CREATE TRIGGER boom BEFORE INSERT ON records"
         " BEGIN SELECT RAISE(ABORT, 'disk says no'); END"

@@ -25,7 +25,7 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Literal
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _CHUNK = 500  # bound on SQL parameters per statement
 
 _SCHEMA = """
@@ -52,14 +52,12 @@ CREATE INDEX IF NOT EXISTS ix_records_pending
 CREATE INDEX IF NOT EXISTS ix_records_pending_rid ON records(rid) WHERE state IN (0, 1);
 CREATE INDEX IF NOT EXISTS ix_records_state ON records(state, updated_at);
 CREATE TABLE IF NOT EXISTS totals (
-    one     INTEGER PRIMARY KEY CHECK (one = 1),
-    records INTEGER NOT NULL,
-    bytes   INTEGER NOT NULL
+    one      INTEGER PRIMARY KEY CHECK (one = 1),
+    records  INTEGER NOT NULL,           -- kept by append_batch and the delete trigger
+    bytes    INTEGER NOT NULL,
+    next_rid INTEGER NOT NULL DEFAULT 1  -- rids are never reused, even after pruning
 );
-INSERT OR IGNORE INTO totals(one, records, bytes) VALUES (1, 0, 0);
-CREATE TRIGGER IF NOT EXISTS tr_records_insert AFTER INSERT ON records BEGIN
-    UPDATE totals SET records = records + 1, bytes = bytes + NEW.size WHERE one = 1;
-END;
+INSERT OR IGNORE INTO totals(one, records, bytes, next_rid) VALUES (1, 0, 0, 1);
 CREATE TRIGGER IF NOT EXISTS tr_records_delete AFTER DELETE ON records BEGIN
     UPDATE totals SET records = records - 1, bytes = bytes - OLD.size WHERE one = 1;
 END;
@@ -198,7 +196,19 @@ class Spool:
         self._conn.execute(f"PRAGMA synchronous={synchronous}")
         with self._lock:
             self._conn.executescript(_SCHEMA)
+            self._migrate()
             self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _migrate(self) -> None:
+        version = int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+        if version == 1:  # totals kept by an insert trigger; rids from SQLite
+            self._conn.executescript(
+                "BEGIN IMMEDIATE;"
+                "DROP TRIGGER IF EXISTS tr_records_insert;"
+                "ALTER TABLE totals ADD COLUMN next_rid INTEGER NOT NULL DEFAULT 1;"
+                "UPDATE totals SET next_rid = (SELECT coalesce(max(rid), 0) + 1 FROM records);"
+                "COMMIT;"
+            )
 
     def close(self) -> None:
         """Close the connection."""
@@ -211,19 +221,31 @@ class Spool:
         """Append records in one committed transaction; repeats of a key are duplicates.
 
         Returns a result per record, in order, and the spool totals after the commit.
+        The write lock (BEGIN IMMEDIATE) is held from the duplicate check to the
+        commit, so other writers (another ingest process) cannot interleave.
         """
         now = time.time()
-        results: list[AppendResult] = []
+        results: list[AppendResult | None] = [None] * len(records)
+        rows: list[tuple[object, ...]] = []
+        added_bytes = 0
         with self._lock:
             cur = self._conn.cursor()
             try:
                 cur.execute("BEGIN IMMEDIATE")
-                for rec in records:
-                    cur.execute(
-                        "INSERT INTO records(id, tenant, device_id, seq, state, created_at,"
-                        " updated_at, traceparent, size, body) VALUES (?,?,?,?,0,?,?,?,?,?)"
-                        " ON CONFLICT DO NOTHING",
+                known = self._stored_keys(cur, records)
+                next_rid = int(cur.execute("SELECT next_rid FROM totals").fetchone()[0])
+                for index, rec in enumerate(records):
+                    key = (rec.tenant, rec.device_id, rec.seq)
+                    if rec.seq is not None and key in known:
+                        results[index] = known[key]
+                        continue
+                    result = AppendResult(rec.id, next_rid, False, State.ENQUEUED)
+                    results[index] = result
+                    if rec.seq is not None:  # a repeat later in this same batch
+                        known[key] = AppendResult(rec.id, next_rid, True, State.ENQUEUED)
+                    rows.append(
                         (
+                            next_rid,
                             rec.id,
                             rec.tenant,
                             rec.device_id,
@@ -233,31 +255,47 @@ class Spool:
                             rec.traceparent,
                             len(rec.body),
                             rec.body,
-                        ),
+                        )
                     )
-                    if cur.rowcount == 1:
-                        rid = cur.lastrowid
-                        assert rid is not None
-                        results.append(AppendResult(rec.id, rid, False, State.ENQUEUED))
-                    else:
-                        results.append(self._original(cur, rec))
+                    added_bytes += len(rec.body)
+                    next_rid += 1
+                cur.executemany(
+                    "INSERT INTO records(rid, id, tenant, device_id, seq, state, created_at,"
+                    " updated_at, traceparent, size, body) VALUES (?,?,?,?,?,0,?,?,?,?,?)",
+                    rows,
+                )
+                cur.execute(
+                    "UPDATE totals SET records = records + ?, bytes = bytes + ?, next_rid = ?",
+                    (len(rows), added_bytes, next_rid),
+                )
                 row = cur.execute("SELECT records, bytes FROM totals").fetchone()
                 cur.execute("COMMIT")
             except sqlite3.Error as exc:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
                 raise SpoolError(f"append failed: {exc}") from exc
-        return results, Totals(int(row[0]), int(row[1]))
+        return [r for r in results if r is not None], Totals(int(row[0]), int(row[1]))
 
     @staticmethod
-    def _original(cur: sqlite3.Cursor, rec: NewRecord) -> AppendResult:
-        row = cur.execute(
-            "SELECT id, rid, state FROM records WHERE tenant=? AND device_id=? AND seq=?",
-            (rec.tenant, rec.device_id, rec.seq),
-        ).fetchone()
-        if row is None:  # the conflict was on `id` itself: a replayed envelope
-            row = cur.execute("SELECT id, rid, state FROM records WHERE id=?", (rec.id,)).fetchone()
-        return AppendResult(str(row[0]), int(row[1]), True, State(row[2]))
+    def _stored_keys(
+        cur: sqlite3.Cursor, records: Sequence[NewRecord]
+    ) -> dict[tuple[str, str, int | None], AppendResult]:
+        """Records already stored under the (tenant, device_id, seq) keys of ``records``."""
+        keys = list({(r.tenant, r.device_id, r.seq) for r in records if r.seq is not None})
+        found: dict[tuple[str, str, int | None], AppendResult] = {}
+        for start in range(0, len(keys), 300):
+            chunk = keys[start : start + 300]
+            marks = ",".join(["(?,?,?)"] * len(chunk))
+            params = [value for key in chunk for value in key]
+            for tenant, device, seq, rec_id, rid, state in cur.execute(
+                f"WITH k(t, d, s) AS (VALUES {marks})"
+                " SELECT r.tenant, r.device_id, r.seq, r.id, r.rid, r.state"
+                " FROM k CROSS JOIN records r"
+                " WHERE r.tenant = k.t AND r.device_id = k.d AND r.seq = k.s",
+                params,
+            ):
+                found[(tenant, device, seq)] = AppendResult(rec_id, int(rid), True, State(state))
+        return found
 
     # -- reads --------------------------------------------------------------------
 
@@ -626,8 +664,8 @@ class SpoolWriter:
             raise SpoolError("spool writer is not started")
         future: asyncio.Future[list[AppendResult]] = self._loop.create_future()
         self._queue.put(_Pending(records, future))
-        # Shielded: a sender that goes away does not un-commit its record.
-        return await asyncio.shield(future)
+        # A sender that goes away cancels only its wait: the record is committed anyway.
+        return await future
 
     async def stop(self) -> None:
         """Commit what is queued, then stop the writer thread."""

@@ -1,10 +1,12 @@
 """The record stream: a Redis Stream that hands record ids from ingest to the forwarder.
 
-Redis is the bus, not the source of truth: an entry carries only the record's
-spool rid, id, device key and trace context; the forwarder loads the record
-from the spool. Entries are deleted once acknowledged, so the stream holds
-exactly the records not yet done, which is what the reconciler compares
-with the spool after Redis restarted empty.
+Redis is the bus, not the source of truth: an entry names records (spool
+rid, id, device key, trace context); the forwarder loads them from the spool.
+One entry carries a whole group-commit batch (up to ``MAX_RECORDS_PER_ENTRY``
+records), so the Redis cost is per transaction, not per record. Entries are
+deleted once every record they name is done, so the stream holds exactly the
+records not yet done, which is what the reconciler compares with the spool
+after Redis restarted empty.
 """
 
 from __future__ import annotations
@@ -13,13 +15,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
+
+MAX_RECORDS_PER_ENTRY = 500
+_encode = msgspec.json.Encoder().encode
+_decode_records = msgspec.json.Decoder(list[tuple[int, str, str, str, str]]).decode
 
 
 @dataclass(frozen=True, slots=True)
 class StreamEntry:
-    """One hand-off: which spool record to forward."""
+    """One record named by a stream entry (several records may share ``entry_id``)."""
 
     rid: int
     id: str
@@ -28,30 +35,26 @@ class StreamEntry:
     traceparent: str | None = None
     entry_id: str = ""
 
-    def fields(self) -> dict[str, str | int]:
-        """The entry's fields as stored in Redis."""
-        out: dict[str, str | int] = {
-            "rid": self.rid,
-            "id": self.id,
-            "tenant": self.tenant,
-            "device": self.device_id,
+    @staticmethod
+    def pack(entries: Sequence[StreamEntry]) -> dict[str, bytes]:
+        """The fields of one Redis entry naming ``entries``."""
+        return {
+            "recs": _encode(
+                [(e.rid, e.id, e.tenant, e.device_id, e.traceparent or "") for e in entries]
+            )
         }
-        if self.traceparent:
-            out["tp"] = self.traceparent
-        return out
 
     @classmethod
-    def parse(cls, entry_id: bytes | str, fields: dict[bytes, bytes]) -> StreamEntry:
-        """Build an entry from what XREADGROUP returned."""
-        tp = fields.get(b"tp")
-        return cls(
-            rid=int(fields[b"rid"]),
-            id=fields[b"id"].decode(),
-            tenant=fields[b"tenant"].decode(),
-            device_id=fields[b"device"].decode(),
-            traceparent=tp.decode() if tp else None,
-            entry_id=entry_id.decode() if isinstance(entry_id, bytes) else entry_id,
-        )
+    def unpack(cls, entry_id: bytes | str, fields: dict[bytes, bytes]) -> list[StreamEntry]:
+        """The records named by one entry, as XREADGROUP/XAUTOCLAIM returned it."""
+        eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+        raw = fields.get(b"recs")
+        if raw is None:
+            return []
+        return [
+            cls(rid, rec_id, tenant, device, tp or None, eid)
+            for rid, rec_id, tenant, device, tp in _decode_records(raw)
+        ]
 
 
 def connect(url: str) -> aioredis.Redis:
@@ -84,12 +87,16 @@ class RecordStream:
                 raise
 
     async def add_many(self, entries: Sequence[StreamEntry]) -> None:
-        """XADD every entry, in order, in one pipeline."""
+        """Hand the records over, in order: one XADD per MAX_RECORDS_PER_ENTRY records."""
         if not entries:
             return
+        if len(entries) <= MAX_RECORDS_PER_ENTRY:
+            await self.client.xadd(self.key, StreamEntry.pack(entries))  # type: ignore[arg-type]
+            return
         async with self.client.pipeline(transaction=False) as pipe:
-            for entry in entries:
-                pipe.xadd(self.key, entry.fields())  # type: ignore[arg-type]
+            for start in range(0, len(entries), MAX_RECORDS_PER_ENTRY):
+                chunk = entries[start : start + MAX_RECORDS_PER_ENTRY]
+                pipe.xadd(self.key, StreamEntry.pack(chunk))  # type: ignore[arg-type]
             await pipe.execute()
 
     async def read(
@@ -107,10 +114,11 @@ class RecordStream:
             block=None if own_pending or not block_ms else block_ms,
         )
         return [
-            StreamEntry.parse(entry_id, fields)
+            record
             for _stream, messages in response or []
             for entry_id, fields in messages
             if fields  # an entry deleted while pending comes back without fields
+            for record in StreamEntry.unpack(entry_id, fields)
         ]
 
     async def claim_stale(self, consumer: str, min_idle_ms: int, count: int) -> list[StreamEntry]:
@@ -123,7 +131,10 @@ class RecordStream:
             )
             start, messages = result[0], result[1]
             claimed.extend(
-                StreamEntry.parse(entry_id, fields) for entry_id, fields in messages if fields
+                record
+                for entry_id, fields in messages
+                if fields
+                for record in StreamEntry.unpack(entry_id, fields)
             )
             if start in (b"0-0", "0-0") or len(claimed) >= count:
                 break
@@ -147,9 +158,8 @@ class RecordStream:
             batch: Any = await self.client.xrange(self.key, min=start, max="+", count=page)
             if not batch:
                 break
-            for _entry_id, fields in batch:
-                if b"id" in fields:
-                    ids.add(fields[b"id"].decode())
+            for entry_id, fields in batch:
+                ids.update(record.id for record in StreamEntry.unpack(entry_id, fields))
             seen += len(batch)
             last = batch[-1][0]
             start = "(" + (last.decode() if isinstance(last, bytes) else last)

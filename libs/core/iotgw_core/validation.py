@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -169,6 +170,14 @@ def format_timestamp(moment: datetime) -> str:
     return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 
 
+_now_cache: tuple[int, str] = (-1, "")
+
+
 def utc_now() -> str:
-    """The current time as an RFC 3339 UTC timestamp."""
-    return format_timestamp(datetime.now(UTC))
+    """The current time as an RFC 3339 UTC timestamp (millisecond precision)."""
+    global _now_cache
+    ms = time.time_ns() // 1_000_000
+    if ms != _now_cache[0]:  # many readings arrive within one millisecond under load
+        moment = datetime.fromtimestamp(ms / 1000, UTC)
+        _now_cache = (ms, format_timestamp(moment))
+    return _now_cache[1]

@@ -74,6 +74,9 @@ class Forwarder:
         self.sink_error: str | None = None
         self.redis_error: str | None = None
         self._ack_backlog: list[str] = []
+        # An entry names a whole commit batch: it is acknowledged once every
+        # record it names is done (count of record mentions still open).
+        self._entry_refs: dict[str, int] = {}
         self._stopping = asyncio.Event()
         self._reconcile_now = asyncio.Event()
         self._own_pending_done = False
@@ -176,6 +179,7 @@ class Forwarder:
         """Put the records named by ``entries`` into their device lanes, in rid order."""
         named: dict[int, list[str]] = {}
         for entry in entries:
+            self._entry_refs[entry.entry_id] = self._entry_refs.get(entry.entry_id, 0) + 1
             known = self.items.get(entry.rid)
             if known is not None:
                 known.entry_ids.append(entry.entry_id)
@@ -188,7 +192,7 @@ class Forwarder:
         for rid, entry_ids in named.items():
             rec = by_rid.get(rid)
             if rec is None or rec.state in (State.ACKED, State.DEAD):
-                self._ack_backlog.extend(entry_ids)  # nothing left to do for it
+                self._release(entry_ids)  # nothing left to do for it
         live = [r for r in loaded if r.state in (State.ENQUEUED, State.INFLIGHT)]
         # A device seen for the first time may have older records the stream lost
         # (Redis restarted): take them first so that its order holds.
@@ -344,11 +348,22 @@ class Forwarder:
         finished = acked + [p for items in dead.values() for p in items]
         for p in finished:
             self._forget(p)
-        self._ack_backlog.extend(e for p in finished for e in p.entry_ids)
+        for p in finished:
+            self._release(p.entry_ids)
         await self._flush_acks()
         if acked:
             with contextlib.suppress(RedisError, OSError):
                 await self.stream.publish_acked([p.record.id for p in acked])
+
+    def _release(self, entry_ids: Sequence[str]) -> None:
+        """One record of each entry is done; acknowledge entries with none left."""
+        for entry_id in entry_ids:
+            left = self._entry_refs.get(entry_id, 1) - 1
+            if left > 0:
+                self._entry_refs[entry_id] = left
+            else:
+                self._entry_refs.pop(entry_id, None)
+                self._ack_backlog.append(entry_id)
 
     def _forget(self, pending: Pending) -> None:
         key = pending.record.device_key

@@ -1,0 +1,111 @@
+"""HTTP ingest throughput and latency at 64 connections, against a no-op endpoint of the same server.
+
+Starts redis-server, the HTTP ingest (with its /bench/noop ceiling) and the
+forwarder (file sink) as processes in a scratch directory, then drives them
+with wrk (64 connections, one client thread, a Lua script giving every
+request its own seq). Figures: requests/s and p50/p99 latency of each
+endpoint, and the ratio durable / no-op.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from tests.support.procs import RedisServer, free_port, python_service, wait_port
+from tests.support.stack import outbox_records, wait_until
+
+CONNECTIONS = 64
+DURATION_S = 15
+WARMUP_S = 3
+
+LUA = """
+local counter = 0
+request = function()
+  counter = counter + 1
+  local body = string.format(
+    '{"seq":%d,"metrics":{"temp_c":21.5,"humidity":40.2},"tags":{"site":"AAL"}}', counter)
+  return wrk.format("POST", "/v1/ingest/dev-" .. (counter % 64), nil, body)
+end
+wrk.headers["Content-Type"] = "application/json"
+"""
+NOOP_LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"seq":1,"metrics":{"temp_c":21.5,"humidity":40.2},"tags":{"site":"AAL"}}'
+"""
+
+
+def _ms(text: str) -> float:
+    value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def wrk(url: str, script: Path, duration_s: int) -> dict[str, float]:
+    """Run wrk and parse requests/s, p50, p99 and non-2xx answers."""
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{duration_s}s", "--latency", "-s", str(script), url],
+        capture_output=True, text=True, check=True, timeout=duration_s + 60,
+    ).stdout
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        "p50_ms": _ms(re.search(r"50%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
+        "p99_ms": _ms(re.search(r"99%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
+        "requests": float(re.search(r"(\d+) requests in", out).group(1)),  # type: ignore[union-attr]
+        "non_2xx": float(non2xx.group(1)) if non2xx else 0.0,
+    }
+
+
+def run() -> dict[str, float]:
+    """Measure; return the figures."""
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: run `make bench` (it installs it)")
+    with tempfile.TemporaryDirectory(prefix="iotgw-bench-") as tmp:
+        work = Path(tmp)
+        redis = RedisServer(work / "redis").start()
+        port = free_port()
+        env = {
+            "IOTGW_REDIS_URL": redis.url,
+            "IOTGW_SPOOL_PATH": str(work / "spool.db"),
+            "IOTGW_OUTBOX_DIR": str(work / "outbox"),
+            "IOTGW_HTTP_PORT": str(port),
+            "IOTGW_HTTP_BENCH_ENDPOINTS": "true",
+            "IOTGW_METRICS_PORT": "0",
+            "IOTGW_LOG_LEVEL": "WARNING",
+        }
+        ingest = python_service("iotgw_ingest_http", "ingest-http", work, env).start()
+        forwarder = python_service("iotgw_forwarder", "forwarder", work, env).start()
+        try:
+            wait_port(port, proc=ingest.proc)
+            base = f"http://127.0.0.1:{port}"
+            (work / "ingest.lua").write_text(LUA)
+            (work / "noop.lua").write_text(NOOP_LUA)
+            wrk(base + "/bench/noop", work / "noop.lua", WARMUP_S)
+            noop = wrk(base + "/bench/noop", work / "noop.lua", DURATION_S)
+            durable = wrk(base, work / "ingest.lua", DURATION_S)
+            accepted = durable["requests"] - durable["non_2xx"]
+            started = time.monotonic()
+            wait_until(
+                lambda: len(outbox_records(work / "outbox")) >= accepted, 300, "outbox drained"
+            )
+            drain_s = time.monotonic() - started
+        finally:
+            ingest.stop()
+            forwarder.stop()
+            redis.stop()
+    return {
+        "http_noop_rps": round(noop["rps"], 1),
+        "http_noop_p50_ms": noop["p50_ms"],
+        "http_noop_p99_ms": noop["p99_ms"],
+        "http_ingest_rps": round(durable["rps"], 1),
+        "http_ingest_p50_ms": durable["p50_ms"],
+        "http_ingest_p99_ms": durable["p99_ms"],
+        "http_ingest_non_2xx": durable["non_2xx"],
+        "http_ingest_to_noop_ratio": round(durable["rps"] / noop["rps"], 3),
+        "http_outbox_catch_up_s": round(drain_s, 2),
+    }
