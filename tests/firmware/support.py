@@ -1,0 +1,321 @@
+"""Reusable pieces of the firmware tests: the build, a password/ACL Mosquitto,
+the firmware in QEMU with what it logged as acknowledged, and the body rules.
+
+Kept apart from the test modules so that a later gateway end-to-end test can
+run the same broker and device and compare the gateway's outbox with
+``QemuDevice.acked_seqs()``.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import math
+import os
+import re
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from tests.support.procs import REPO, Managed, free_port, wait_port
+
+FIRMWARE = REPO / "firmware" / "stm32"
+KEY_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+TOPIC_RE = re.compile(
+    r"^v1/([A-Za-z0-9_-]{1,64})/([A-Za-z0-9_-]{1,64})/([A-Za-z0-9_-]{1,64})/"
+    r"(telemetry|health|control-ack)$"
+)
+SIZE_RE = re.compile(r"image size: flash (\d+) / (\d+) bytes .*RAM (\d+) / (\d+) bytes")
+COUNTS_RE = re.compile(r"^(\d+) passed, (\d+) failed$", re.MULTILINE)
+
+
+def make(*args: str, timeout_s: float = 300.0) -> subprocess.CompletedProcess[str]:
+    """Run make in firmware/stm32; output captured, never raises on failure."""
+    return subprocess.run(
+        ["make", "-C", str(FIRMWARE), "--no-print-directory", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
+def body_rule_violations(body: Any) -> list[str]:
+    """The gateway's body rules, restated independently of its code."""
+    problems: list[str] = []
+    if not isinstance(body, dict):
+        return ["body is not an object"]
+    unknown = set(body) - {"seq", "ts", "metrics", "tags", "payload"}
+    if unknown:
+        problems.append(f"unknown fields {sorted(unknown)}")
+    seq = body.get("seq")
+    if seq is not None and (type(seq) is not int or not 0 <= seq <= 2**63 - 1):
+        problems.append(f"seq {seq!r}")
+    metrics = body.get("metrics", {})
+    if not isinstance(metrics, dict) or not metrics or len(metrics) > 32:
+        problems.append("metrics must be an object with 1..32 keys")
+    else:
+        for key, value in metrics.items():
+            if not KEY_RE.match(key):
+                problems.append(f"metric key {key!r}")
+            if type(value) not in (int, float) or not math.isfinite(value):
+                problems.append(f"metric {key}={value!r}")
+    tags = body.get("tags", {})
+    if not isinstance(tags, dict) or len(tags) > 16:
+        problems.append("tags must be an object with <= 16 keys")
+    else:
+        for key, value in tags.items():
+            if not KEY_RE.match(key):
+                problems.append(f"tag key {key!r}")
+            if not isinstance(value, str) or len(value) > 64:
+                problems.append(f"tag {key}={value!r}")
+    return problems
+
+
+@dataclass
+class DeviceIdentity:
+    """What `make image` bakes into the firmware, and what the broker knows of it."""
+
+    device_id: str = "stm32-qemu-01"
+    tenant: str = "acme"
+    site: str = "aal"
+    password: str = "fw-test-secret"
+
+    @property
+    def username(self) -> str:
+        return self.device_id
+
+    def topic(self, cls: str = "telemetry") -> str:
+        return f"v1/{self.tenant}/{self.site}/{self.device_id}/{cls}"
+
+
+@dataclass
+class FirmwareImage:
+    """A built image and the size figures the build printed."""
+
+    elf: Path
+    identity: DeviceIdentity
+    flash_bytes: int
+    flash_budget: int
+    ram_bytes: int
+    ram_budget: int
+    build_output: str
+
+
+def build_image(build_dir: Path, identity: DeviceIdentity, sample_ms: int) -> FirmwareImage:
+    """`make image` for QEMU with this identity into build_dir; fails loudly if it cannot."""
+    result = make(
+        "image",
+        "BOARD=qemu",
+        f"BUILD={build_dir}",
+        f"DEVICE_ID={identity.device_id}",
+        f"TENANT={identity.tenant}",
+        f"SITE={identity.site}",
+        f"MQTT_USER={identity.username}",
+        f"MQTT_PASS={identity.password}",
+        f"SAMPLE_MS={sample_ms}",
+        "KEEPALIVE_S=10",
+        "SEQ_LEASE=1",
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"make image failed:\n{output[-4000:]}"
+    match = SIZE_RE.search(output)
+    assert match, f"make image printed no size line:\n{output[-2000:]}"
+    flash, flash_budget, ram, ram_budget = map(int, match.groups())
+    return FirmwareImage(
+        build_dir / "qemu" / "iotgw-fw.elf", identity, flash, flash_budget, ram, ram_budget, output
+    )
+
+
+class PasswordBroker:
+    """mosquitto on a free loopback port: no anonymous access, a password file
+    made with mosquitto_passwd, an ACL per user, persistence on (a restart
+    keeps retained/queued messages and persistent sessions)."""
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.users: dict[str, tuple[str, list[str]]] = {}
+        (workdir / "data").mkdir(parents=True, exist_ok=True)
+        self.managed = Managed(
+            f"mosquitto-{self.port}", ["mosquitto", "-c", str(workdir / "mosquitto.conf")], workdir
+        )
+
+    def add_user(self, username: str, password: str, acl: list[str]) -> None:
+        """acl lines like 'topic write v1/acme/aal/dev-1/#'; takes effect at start."""
+        self.users[username] = (password, acl)
+
+    def _write_config(self) -> None:
+        pw = self.workdir / "passwd"
+        pw.unlink(missing_ok=True)
+        pw.touch(mode=0o600)
+        for name, (password, _) in self.users.items():
+            subprocess.run(
+                ["mosquitto_passwd", "-b", str(pw), name, password],
+                check=True,
+                capture_output=True,
+                timeout=30,
+            )
+        acl = self.workdir / "acl"
+        acl.write_text(
+            "".join(
+                f"user {name}\n" + "".join(f"{line}\n" for line in lines) + "\n"
+                for name, (_, lines) in self.users.items()
+            )
+        )
+        acl.chmod(0o600)
+        (self.workdir / "mosquitto.conf").write_text(
+            "# Test broker for the firmware end-to-end tests (written by tests/firmware).\n"
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous false\n"
+            f"password_file {pw}\n"
+            f"acl_file {acl}\n"
+            "persistence true\n"
+            f"persistence_location {self.workdir / 'data'}/\n"
+            "autosave_interval 1\n"
+            "log_dest stdout\n"
+            "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
+            # mosquitto started as root drops to the 'mosquitto' user, which
+            # could not read these files; stay the user that wrote them.
+            f"user {getpass.getuser()}\n"
+        )
+
+    def start(self) -> PasswordBroker:
+        """Start (again, on the same port) and wait until it accepts connections."""
+        self._write_config()
+        self.managed.start()
+        wait_port(self.port, timeout_s=10, proc=self.managed.proc)
+        return self
+
+    def stop(self) -> None:
+        """SIGTERM: mosquitto saves its persistence database and exits."""
+        self.managed.stop(timeout_s=10)
+
+    def log_text(self) -> str:
+        return self.managed.log_text()
+
+
+@dataclass
+class Received:
+    topic: str
+    payload: bytes
+    dup: bool
+
+
+@dataclass
+class Subscriber:
+    """A paho client on a persistent session (clean_session False, QoS 1) that
+    keeps every message, across broker restarts."""
+
+    port: int
+    username: str
+    password: str
+    topic_filter: str = "v1/#"
+    client_id: str = field(default_factory=lambda: f"fw-test-sub-{os.getpid()}")
+    messages: list[Received] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self.subscribed = threading.Event()
+        self.client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            clean_session=False,
+            protocol=paho.MQTTv311,
+        )
+        self.client.username_pw_set(self.username, self.password)
+        self.client.reconnect_delay_set(1, 1)
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = lambda *a: self.subscribed.set()
+        self.client.on_message = self._on_message
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        if not rc.is_failure:
+            client.subscribe(self.topic_filter, qos=1)
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        with self._lock:
+            self.messages.append(Received(msg.topic, bytes(msg.payload), bool(msg.dup)))
+
+    def start(self, timeout_s: float = 10.0) -> Subscriber:
+        self.client.connect("127.0.0.1", self.port, keepalive=10)
+        self.client.loop_start()
+        assert self.subscribed.wait(timeout_s), "subscriber got no SUBACK"
+        return self
+
+    def snapshot(self) -> list[Received]:
+        with self._lock:
+            return list(self.messages)
+
+    def seqs(self) -> list[int]:
+        return [json.loads(m.payload)["seq"] for m in self.snapshot()]
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+PUBACK_RE = re.compile(r"^PUBACK seq=(\d+) pid=(\d+)$", re.MULTILINE)
+SAMPLE_RE = re.compile(r"^SAMPLE seq=(\d+) pending=(\d+)$", re.MULTILINE)
+
+
+class QemuDevice:
+    """The firmware in qemu-system-arm -M netduinoplus2. USART1 is a TCP client
+    of the broker (QEMU reconnects it every second after the broker goes
+    away); USART2, the firmware's log, goes to a file."""
+
+    def __init__(self, image: FirmwareImage, broker_port: int, workdir: Path) -> None:
+        self.log_path = workdir / "firmware.log"
+        self.log_path.unlink(missing_ok=True)
+        self.monitor_path = workdir / "qemu-monitor.sock"
+        self.managed = Managed(
+            f"qemu-{broker_port}",
+            [
+                "qemu-system-arm", "-M", "netduinoplus2", "-nographic",
+                "-monitor", "none",
+                "-kernel", str(image.elf),
+                "-chardev", f"socket,id=mqtt,host=127.0.0.1,port={broker_port},reconnect=1",
+                "-serial", "chardev:mqtt",
+                "-chardev", f"file,id=log,path={self.log_path}",
+                "-serial", "chardev:log",
+            ],
+            workdir,
+        )  # fmt: skip
+
+    def start(self) -> QemuDevice:
+        self.managed.start()
+        return self
+
+    def stop(self) -> None:
+        self.managed.stop(timeout_s=10)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def acked_seqs(self) -> list[int]:
+        """Every seq the firmware logged after the broker's PUBACK, in order."""
+        return [int(m.group(1)) for m in PUBACK_RE.finditer(self.log())]
+
+    def sampled_seqs(self) -> list[int]:
+        return [int(m.group(1)) for m in SAMPLE_RE.finditer(self.log())]
+
+    def wait_until(self, what: str, cond: Callable[[], bool], timeout_s: float) -> None:
+        """Poll cond (bounded in time) or fail with the firmware's log tail."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if cond():
+                return
+            if self.managed.proc is not None and self.managed.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(
+            f"timed out waiting for {what}; firmware log tail:\n{self.log()[-1500:]}\n"
+            f"qemu output:\n{self.managed.log_text()[-800:]}"
+        )
