@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import socket
 import subprocess
 import threading
 import time
@@ -263,13 +264,15 @@ class Subscriber:
 
 
 PUBACK_RE = re.compile(r"^PUBACK seq=(\d+) pid=(\d+)$", re.MULTILINE)
+BOOT_RE = re.compile(r"^BOOT seq_next=(\d+) ", re.MULTILINE)
 SAMPLE_RE = re.compile(r"^SAMPLE seq=(\d+) pending=(\d+)$", re.MULTILINE)
 
 
 class QemuDevice:
     """The firmware in qemu-system-arm -M netduinoplus2. USART1 is a TCP client
     of the broker (QEMU reconnects it every second after the broker goes
-    away); USART2, the firmware's log, goes to a file."""
+    away); USART2, the firmware's log, goes to a file; the monitor listens on
+    a unix socket for warm resets."""
 
     def __init__(self, image: FirmwareImage, broker_port: int, workdir: Path) -> None:
         self.log_path = workdir / "firmware.log"
@@ -279,7 +282,7 @@ class QemuDevice:
             f"qemu-{broker_port}",
             [
                 "qemu-system-arm", "-M", "netduinoplus2", "-nographic",
-                "-monitor", "none",
+                "-monitor", f"unix:{self.monitor_path},server=on,wait=off",
                 "-kernel", str(image.elf),
                 "-chardev", f"socket,id=mqtt,host=127.0.0.1,port={broker_port},reconnect=1",
                 "-serial", "chardev:mqtt",
@@ -295,6 +298,27 @@ class QemuDevice:
 
     def stop(self) -> None:
         self.managed.stop(timeout_s=10)
+
+    def warm_reset(self) -> None:
+        """system_reset on the QEMU monitor: like the reset pin, RAM keeps its contents."""
+        deadline = time.monotonic() + 10
+        while not self.monitor_path.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with socket.socket(socket.AF_UNIX) as mon:
+            mon.settimeout(5)
+            mon.connect(str(self.monitor_path))
+            mon.recv(4096)  # the banner and prompt
+            mon.sendall(b"system_reset\n")
+            reply = b""
+            while b"(qemu)" not in reply.split(b"system_reset", 1)[-1]:
+                chunk = mon.recv(4096)
+                if not chunk:
+                    break
+                reply += chunk
+
+    def boots(self) -> list[int]:
+        """seq_next of every BOOT line: where the seq store resumed."""
+        return [int(m.group(1)) for m in BOOT_RE.finditer(self.log())]
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
