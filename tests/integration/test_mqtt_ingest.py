@@ -30,7 +30,13 @@ def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
 
 @pytest.fixture
 def mqtt_env(gateway_env: dict[str, str], broker: MosquittoBroker) -> dict[str, str]:
-    return {**gateway_env, **broker.env(), "IOTGW_MQTT_RECONNECT_MAX_S": "1"}
+    # The shared subscription, as replicas use it (the reliability tests use the plain one).
+    return {
+        **gateway_env,
+        **broker.env(),
+        "IOTGW_MQTT_RECONNECT_MAX_S": "1",
+        "IOTGW_MQTT_SHARE_GROUP": "iotgw-ingest",
+    }
 
 
 def spool_bodies(env: dict[str, str]) -> list[dict[str, Any]]:

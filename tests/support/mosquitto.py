@@ -127,6 +127,7 @@ class DevicePublisher:
         self.acked: set[int] = set()
         self.failed: list[tuple[int, str]] = []
         self._mids: dict[int, int] = {}
+        self._early: dict[int, Any] = {}
         self._lock = threading.Lock()
         self.connected = threading.Event()
         self.connect_rc: Any = None
@@ -155,11 +156,16 @@ class DevicePublisher:
         with self._lock:
             seq = self._mids.pop(mid, None)
             if seq is None:
+                # Acknowledged before publish() returned and registered the mid.
+                self._early[mid] = rc
                 return
-            if rc.is_failure:
-                self.failed.append((seq, str(rc)))
-            else:
-                self.acked.add(seq)
+            self._settle(seq, rc)
+
+    def _settle(self, seq: int, rc: Any) -> None:
+        if rc.is_failure:
+            self.failed.append((seq, str(rc)))
+        else:
+            self.acked.add(seq)
 
     def start(self, timeout_s: float = 10.0) -> DevicePublisher:
         """Connect (network loop in paho's thread) and wait for the CONNACK."""
@@ -188,9 +194,14 @@ class DevicePublisher:
         if props:
             properties = paho.Properties(paho.PacketTypes.PUBLISH)
             properties.UserProperty = list(props.items())
+        # Not under self._lock: paho may call on_publish from its thread meanwhile.
+        info = self.client.publish(topic, payload, qos=qos, properties=properties)
         with self._lock:
-            info = self.client.publish(topic, payload, qos=qos, properties=properties)
-            self._mids[info.mid] = seq
+            early = self._early.pop(info.mid, None)
+            if early is not None:
+                self._settle(seq, early)
+            else:
+                self._mids[info.mid] = seq
 
     def wait_acked(self, count: int, timeout_s: float = 30.0) -> bool:
         """True once ``count`` messages were acknowledged by the broker."""

@@ -1,9 +1,13 @@
 """MQTT ingest: the edge broker's device topics into the durable spool.
 
 One persistent MQTT v5 session (clean start off, session expiry) holds a QoS 1
-shared subscription ``$share/<group>/v1/+/+/+/+``: replicas with their own
-client ids split the messages, and the broker queues for the session while
-the ingest is away.
+subscription to ``v1/+/+/+/+``; the broker queues for the session while the
+ingest is away. With ``IOTGW_MQTT_SHARE_GROUP`` set it is the shared
+subscription ``$share/<group>/v1/+/+/+/+`` and replicas with their own client
+ids split the messages. Mosquitto 2.0.11 restores a plain subscription from
+its persistence after a restart but not a shared one: messages published
+between the broker's restart and the ingest's re-subscription would be lost,
+which is why one replica uses the plain subscription (docs/mqtt.md).
 
 **PUBACK after commit.** aiomqtt 2.5 acknowledges nothing itself: paho-mqtt
 sends the PUBACK as soon as its ``on_message`` returns unless the paho client
@@ -55,6 +59,8 @@ from paho.mqtt.properties import Properties
 
 log = logging.getLogger(__name__)
 SOURCE: Final = "mqtt"
+# Reasons that a registry change (a device added or moved) can cure.
+REGISTRY_REASONS = frozenset({"unknown_device", "tenant_mismatch", "site_mismatch"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +179,7 @@ class Bridge:
         self.username = username
         self.password = password
         self.client_id = client_id
-        self.subscription = f"$share/{share_group}/{topic}"
+        self.subscription = f"$share/{share_group}/{topic}" if share_group else topic
         self.session_expiry_s = session_expiry_s
         self.receive_maximum = receive_maximum
         self.max_payload = max_payload
@@ -289,21 +295,32 @@ class Bridge:
         finally:
             stopped.cancel()
 
+    def _classify(
+        self, batch: Sequence[aiomqtt.Message], registry: Registry
+    ) -> tuple[list[Accepted], list[QuarantineEntry]]:
+        accepted: list[Accepted] = []
+        rejected: list[QuarantineEntry] = []
+        for message in batch:
+            outcome = classify(
+                message,
+                registry,
+                self.pipeline,
+                max_payload=self.max_payload,
+                client_id=self.client_id,
+            )
+            if isinstance(outcome, Accepted):
+                accepted.append(outcome)
+            else:
+                rejected.append(outcome)
+        return accepted, rejected
+
     async def _handle(self, client: aiomqtt.Client, batch: Sequence[aiomqtt.Message]) -> None:
         try:
-            registry = self.registry.current()
-            accepted: list[Accepted] = []
-            rejected: list[QuarantineEntry] = []
-            for message in batch:
-                metrics.EVENTS_RECEIVED.labels(SOURCE).inc()
-                outcome = classify(
-                    message,
-                    registry,
-                    self.pipeline,
-                    max_payload=self.max_payload,
-                    client_id=self.client_id,
-                )
-                (accepted if isinstance(outcome, Accepted) else rejected).append(outcome)  # type: ignore[arg-type]
+            metrics.EVENTS_RECEIVED.labels(SOURCE).inc(len(batch))
+            accepted, rejected = self._classify(batch, self.registry.current())
+            if any(e.reason in REGISTRY_REASONS for e in rejected) and self.registry.reload():
+                # A device onboarded a moment ago: look again with the new registry.
+                accepted, rejected = self._classify(batch, self.registry.current())
             if rejected:
                 await asyncio.to_thread(self.quarantine.add_many, rejected)
                 for entry in rejected:

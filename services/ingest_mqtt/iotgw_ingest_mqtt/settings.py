@@ -35,8 +35,13 @@ class IngestMqttSettings(CommonSettings, kw_only=True, frozen=True):
         ),
     ] = ""
     mqtt_share_group: Annotated[
-        str, Meta(description="Shared subscription group: replicas split the messages.")
-    ] = "iotgw-ingest"
+        str,
+        Meta(
+            description="Shared subscription group (`$share/<group>/...`) so that replicas split"
+            " the messages; empty: a plain subscription (one replica). Mosquitto 2.0.11 does not"
+            " restore shared subscriptions after a broker restart (docs/mqtt.md)."
+        ),
+    ] = ""
     mqtt_topic: Annotated[
         str, Meta(description="Topic filter subscribed in the share group (QoS 1).")
     ] = "v1/+/+/+/+"
