@@ -128,6 +128,27 @@ static void tcp_flush(void *ctx) {
     e->rx_count = 0;
 }
 
+static int tcp_open(void *ctx) {
+    esp_at *e = ctx;
+    if (e->host == NULL) return e->link_up ? 0 : ESP_ERR_CLOSED;
+    if (!e->wifi_got_ip && e->ssid != NULL) {
+        esp_status st = esp_at_join(e, e->ssid, e->password, e->open_timeout_ms);
+        if (st != ESP_OK) return st;
+        e->wifi_got_ip = 1;
+    }
+    if (e->link_up) return 0;
+    return esp_at_connect(e, e->host, e->port, e->open_timeout_ms);
+}
+
+void esp_at_target(esp_at *e, const char *ssid, const char *password, const char *host,
+                   uint16_t port, uint32_t timeout_ms) {
+    e->ssid = ssid;
+    e->password = password;
+    e->host = host;
+    e->port = port;
+    e->open_timeout_ms = timeout_ms;
+}
+
 void esp_at_init(esp_at *e, transport *uart, uint32_t (*now_ms)(void)) {
     memset(e, 0, sizeof *e);
     e->uart = uart;
@@ -136,6 +157,7 @@ void esp_at_init(esp_at *e, transport *uart, uint32_t (*now_ms)(void)) {
     e->tcp.send = tcp_send;
     e->tcp.recv = tcp_recv;
     e->tcp.flush = tcp_flush;
+    e->tcp.open = tcp_open;
 }
 
 esp_status esp_at_setup(esp_at *e, uint32_t timeout_ms) {

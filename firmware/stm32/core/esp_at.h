@@ -45,6 +45,10 @@ typedef struct {
     int wifi_got_ip;
     int cwjap_error; /* the n of the last +CWJAP:n (1 timeout, 2 password, 3 no AP, 4 failed) */
     transport tcp;   /* the TCP link as a transport (ctx = this driver) */
+    /* Where tcp.open goes: set with esp_at_target(). */
+    const char *ssid, *password, *host;
+    uint16_t port;
+    uint32_t open_timeout_ms;
 } esp_at;
 
 void esp_at_init(esp_at *e, transport *uart, uint32_t (*now_ms)(void));
@@ -60,5 +64,9 @@ esp_status esp_at_send(esp_at *e, const uint8_t *data, size_t len, uint32_t time
  * count, 0 on timeout, ESP_ERR_CLOSED once the link is closed and drained. */
 int esp_at_recv(esp_at *e, uint8_t *buf, size_t len, uint32_t timeout_ms);
 esp_status esp_at_close(esp_at *e, uint32_t timeout_ms);
+/* Let tcp.open (called by mqtt_connect) re-join the access point when the
+ * module has no IP and re-open the TCP link when it is closed. */
+void esp_at_target(esp_at *e, const char *ssid, const char *password, const char *host,
+                   uint16_t port, uint32_t timeout_ms);
 
 #endif

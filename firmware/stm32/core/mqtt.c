@@ -253,6 +253,7 @@ static mqtt_status wait_for(mqtt_client *c, uint8_t type, uint16_t packet_id, ui
 mqtt_status mqtt_connect(mqtt_client *c, const mqtt_connect_opts *o) {
     c->connected = 0;
     c->rx_len = 0;
+    if (c->net->open && c->net->open(c->net->ctx) < 0) return MQTT_ERR_LINK;
     if (c->net->flush) c->net->flush(c->net->ctx);
     c->keepalive_s = o->keepalive_s;
     mqtt_status st = send_packet(c, mqtt_encode_connect(c->tx, sizeof c->tx, o));

@@ -16,6 +16,9 @@ struct transport {
     int (*recv)(void *ctx, uint8_t *buf, size_t len, uint32_t timeout_ms);
     /* Drop whatever was received but not read (before a new connection). May be NULL. */
     void (*flush)(void *ctx);
+    /* (Re-)open the link before an MQTT CONNECT: returns 0 or < 0. NULL for a
+     * link that is always there (a USART wired to the network). */
+    int (*open)(void *ctx);
 };
 
 #endif

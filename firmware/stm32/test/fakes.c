@@ -67,6 +67,7 @@ void script_init(script *s) {
     s->t.send = script_send;
     s->t.recv = script_recv;
     s->t.flush = NULL;
+    s->t.open = NULL;
 }
 
 void script_add(script *s, char dir, const void *bytes, size_t len) {

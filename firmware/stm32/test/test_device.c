@@ -93,7 +93,7 @@ static void b_flush(void *ctx) {
     B.out_pos = B.out_len = 0;
 }
 
-static transport NET = {NULL, b_send, b_recv, b_flush};
+static transport NET = {NULL, b_send, b_recv, b_flush, NULL};
 static uint16_t BATTERY_MV = 3900;
 
 static void p_sleep_until(uint32_t t) {

@@ -81,11 +81,31 @@ static void esp_at_times_out(void) {
     CHECK(fake_now >= 700 && fake_now < 800);
 }
 
+static void esp_at_reopens_link_for_mqtt_connect(void) {
+    static script s;
+    REQUIRE(load(&s, "esp_at_reopen.at"));
+    static esp_at e;
+    fake_now = 0;
+    esp_at_init(&e, &s.t, fake_now_ms);
+    esp_at_target(&e, "field-net", "s3cret", "gw.local", 1883, 5000);
+    static mqtt_client c;
+    mqtt_init(&c, &e.tcp, fake_now_ms, 2000, 0);
+    mqtt_connect_opts o = {"", NULL, NULL, 0, 1}; /* 3.1.1: empty id with clean session */
+    CHECK(mqtt_connect(&c, &o) == MQTT_OK);
+    CHECK(e.wifi_got_ip);
+    uint8_t buf[4];
+    CHECK(esp_at_recv(&e, buf, sizeof buf, 100) == ESP_ERR_CLOSED); /* the server closed it */
+    CHECK(mqtt_connect(&c, &o) == MQTT_OK);                      /* CIPSTART again, no CWJAP */
+    CHECK(script_done(&s));
+    if (s.mismatch) fprintf(stderr, "  %s\n", s.mismatch_info);
+}
+
 UNIT_SUITE(esp_at) = {
     {"esp_at: MQTT over the AT transcript", esp_at_whole_reads},
     {"esp_at: same transcript, UART bytes one at a time", esp_at_byte_by_byte},
     {"esp_at: same transcript, UART bytes three at a time", esp_at_three_bytes},
     {"esp_at: failure transcript (FAIL, ERROR, ALREADY CONNECTED, CLOSED)", esp_at_failure_paths},
     {"esp_at: silent module times out", esp_at_times_out},
+    {"esp_at: mqtt_connect re-joins and re-opens the link", esp_at_reopens_link_for_mqtt_connect},
     {0, 0},
 };

@@ -127,7 +127,7 @@ static void net_flush(void *ctx) {
     irq_enable();
 }
 
-static transport net = {&net_rx, net_send, net_recv, net_flush};
+static transport net = {&net_rx, net_send, net_recv, net_flush, NULL};
 
 transport *board_net(void) { return &net; }
 
