@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what `make test`, `make run` and `make bench` need on a bare Debian 12
-# machine: system packages (redis-server, mosquitto, wrk), uv, and the locked
+# machine: system packages (redis-server, mosquitto, prometheus, the firmware
+# toolchain; wrk for benchmarks), uv, and the locked
 # Python environment. Idempotent: installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +25,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   as_root apt-get update -qq
   as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+# The STM32 firmware's host compiler, cross compiler, newlib and QEMU.
+bash firmware/stm32/tools/ensure-toolchain.sh
 
 if ! command -v uv >/dev/null && [ ! -x .tools/bin/uv ]; then
   echo "bootstrap: installing uv into .tools/"
