@@ -42,6 +42,9 @@ def gateway_env(tmp_path: Path, redis_server: RedisServer, stream_key: str) -> d
         "IOTGW_RETRY_CAP_S": "0.5",
         "IOTGW_UNAVAILABLE_CAP_S": "0.5",
         "IOTGW_RECLAIM_IDLE_S": "2",
+        # The HTTP contract tests post without credentials: authentication is tested
+        # on its own in tests/integration/test_auth_http.py.
+        "IOTGW_AUTH_MODE": "none",
     }
 
 

@@ -52,6 +52,7 @@ def client(tmp_path_factory: pytest.TempPathFactory, redis_server: Any) -> Any:
         "IOTGW_STREAM_KEY": "test:props",
         "IOTGW_SPOOL_PATH": str(tmp / "spool.db"),
         "IOTGW_HTTP_MAX_BODY_BYTES": "4096",
+        "IOTGW_AUTH_MODE": "none",
     }
     with TestClient(app=create_app(load_settings(IngestHttpSettings, env))) as c:
         yield c

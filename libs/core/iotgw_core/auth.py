@@ -227,3 +227,65 @@ class RateLimiter:
             for key in list(self._buckets)[: self.max_devices // 10 or 1]:
                 del self._buckets[key]
         self._buckets[device_id] = (tokens, now)
+
+
+class RateLimited(Exception):
+    """The device is over its rate limit; retry after ``retry_after_s`` seconds."""
+
+    def __init__(self, device_id: str, retry_after_s: float) -> None:
+        super().__init__(f"device {device_id!r} is over its rate limit")
+        self.retry_after_s = retry_after_s
+
+
+class HttpGuard:
+    """What the HTTP ingest checks before it reads a body as a reading.
+
+    ``mode="required"`` (the default of a deployment): a credential of the
+    device in the path (401/403) and its token bucket (429); the tenant and
+    site come from the registry. ``mode="none"`` (development only, chosen
+    explicitly with IOTGW_AUTH_MODE=none): no checks at all.
+    """
+
+    def __init__(self, mode: str, registry_path: str, replay_window_s: float = 300.0) -> None:
+        from .registry import RegistryWatcher
+
+        self.mode = mode
+        self.replay_window_s = replay_window_s
+        self.registry = RegistryWatcher(registry_path) if mode == "required" else None
+        self.limiter = RateLimiter()
+
+    @property
+    def enforcing(self) -> bool:
+        """True unless authentication is switched off."""
+        return self.registry is not None
+
+    def check(self, device_id: str, headers: Mapping[str, str], body: bytes) -> Device | None:
+        """The authenticated device (None when not enforcing); AuthError or RateLimited."""
+        if self.registry is None:
+            return None
+        registry = self.registry.current()
+        if registry.get(device_id) is None:
+            # Onboarded a moment ago? Look at the file before refusing.
+            self.registry.reload()
+            registry = self.registry.current()
+        who = authenticate(registry, device_id, headers, body, replay_window_s=self.replay_window_s)
+        wait = self.limiter.take(device_id, who.device.limits)
+        if wait > 0:
+            raise RateLimited(device_id, wait)
+        return who.device
+
+    def status(self) -> dict[str, object]:
+        """For /healthz: the mode, and the registry's state when enforcing."""
+        if self.registry is None:
+            return {
+                "status": "off",
+                "mode": "none",
+                "warning": "AUTHENTICATION IS OFF (IOTGW_AUTH_MODE=none): any client may"
+                " post as any device. Development only.",
+            }
+        return {
+            "status": "failing" if self.registry.error else "ok",
+            "mode": "required",
+            "devices": len(self.registry.current().devices),
+            **({"error": self.registry.error} if self.registry.error else {}),
+        }

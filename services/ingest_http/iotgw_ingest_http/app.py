@@ -8,6 +8,7 @@ are ``{"code", "message"}`` with the status the contract names
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,6 +16,7 @@ from typing import Any, Final
 
 import msgspec
 from iotgw_core import metrics, telemetry
+from iotgw_core.auth import AuthError, HttpGuard, RateLimited
 from iotgw_core.ingest import IngestPipeline, Refused
 from iotgw_core.spool import AppendResult, NewRecord, SpoolError
 from iotgw_core.validation import ValidationFailure, check_device_id, decode_json, validate_reading
@@ -89,11 +91,45 @@ async def _read_checked(
         metrics.EVENTS_REJECTED.labels(SOURCE, "unsupported_media_type").inc()
         return error(415, "unsupported_media_type", "Content-Type must be application/json")
     body = await request.body()  # over the handler's limit: RequestEntityTooLarge -> 413
+    denied = _authorize(request, device_id, body)
+    if denied is not None:
+        return denied
     try:
         return decode_json(body)
     except ValidationFailure as exc:
         metrics.EVENTS_REJECTED.labels(SOURCE, exc.code).inc()
         return error(400, exc.code, exc.message)
+
+
+def _authorize(
+    request: Request[Any, Any, Any], device_id: str, body: bytes
+) -> Response[bytes] | None:
+    """401/403/429 as the device's credential and rate limit say; sets request.state.device."""
+    guard: HttpGuard = request.app.state.guard
+    try:
+        request.state.device = guard.check(device_id, request.headers, body)
+    except AuthError as exc:
+        metrics.AUTH_FAILURES.labels(SOURCE, exc.code).inc()
+        metrics.EVENTS_REJECTED.labels(SOURCE, exc.code).inc()
+        challenge = {"WWW-Authenticate": 'Bearer realm="iotgw"'} if exc.status == 401 else None
+        return error(exc.status, exc.code, exc.message, challenge)
+    except RateLimited as exc:
+        metrics.EVENTS_REJECTED.labels(SOURCE, "rate_limited").inc()
+        return error(
+            429,
+            "rate_limited",
+            f"device {device_id!r} is over its rate limit; retry later",
+            {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))},
+        )
+    return None
+
+
+def _origin(request: Request[Any, Any, Any]) -> tuple[str | None, str | None]:
+    """Tenant and site of the authenticated device (registry), else the gateway's defaults."""
+    device = getattr(request.state, "device", None)
+    if device is None:
+        return None, None
+    return device.tenant, device.site
 
 
 async def _commit(
@@ -140,8 +176,13 @@ async def ingest(request: Request[Any, Any, Any], device_id: FromPath[str]) -> R
     except ValidationFailure as exc:
         metrics.EVENTS_REJECTED.labels(SOURCE, exc.code).inc()
         return error(400, exc.code, exc.message)
+    tenant, site = _origin(request)
     record = pipeline.build(
-        reading, device_id=device_id, traceparent=request.headers.get("traceparent")
+        reading,
+        device_id=device_id,
+        tenant=tenant,
+        site=site,
+        traceparent=request.headers.get("traceparent"),
     )
     results = await _commit(pipeline, [record])
     if isinstance(results, Response):
@@ -180,6 +221,7 @@ async def ingest_batch(
     records: list[NewRecord] = []
     slots: list[int] = []
     traceparent = request.headers.get("traceparent")
+    tenant, site = _origin(request)
     for index, obj in enumerate(decoded):
         try:
             reading = validate_reading(obj)
@@ -189,7 +231,11 @@ async def ingest_batch(
                 {"index": index, "status": "rejected", "code": exc.code, "message": exc.message}
             )
             continue
-        records.append(pipeline.build(reading, device_id=device_id, traceparent=traceparent))
+        records.append(
+            pipeline.build(
+                reading, device_id=device_id, tenant=tenant, site=site, traceparent=traceparent
+            )
+        )
         slots.append(index)
         items.append({"index": index})
     if not records:
@@ -254,6 +300,7 @@ async def healthz(request: Request[Any, Any, Any]) -> Response[bytes]:
     body = {
         "status": overall,
         "draining": pipeline.draining,
+        "auth": request.app.state.guard.status(),
         "components": {"spool": spool, "stream": stream, "sink": sink},
     }
     return _json(503 if overall == "failing" else 200, body)
@@ -335,9 +382,16 @@ def create_app(settings: IngestHttpSettings, pipeline: IngestPipeline | None = N
         ack_mode=settings.ack_mode,
     )
 
+    guard = HttpGuard(settings.auth_mode, settings.registry_path, settings.auth_replay_window_s)
+
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await pipe.start()
+        if not guard.enforcing:
+            log.warning(
+                "AUTHENTICATION IS OFF (IOTGW_AUTH_MODE=none): any client may post as any"
+                " device. Development only; never run a deployment like this."
+            )
         log.info(
             "HTTP ingest ready: spool %s, stream %s, ack mode %s",
             settings.spool_path,
@@ -376,7 +430,7 @@ def create_app(settings: IngestHttpSettings, pipeline: IngestPipeline | None = N
         route_handlers=handlers,
         lifespan=[lifespan],
         openapi_config=None,
-        state=State({"pipeline": pipe, "settings": settings}),
+        state=State({"pipeline": pipe, "settings": settings, "guard": guard}),
         exception_handlers={HTTPException: _http_exception, Exception: _internal_error},
         request_max_body_size=settings.http_max_body_bytes,
         debug=False,

@@ -44,3 +44,18 @@ class IngestHttpSettings(CommonSettings, kw_only=True, frozen=True):
     http_bench_endpoints: Annotated[
         bool, Meta(description="Expose POST /bench/noop, the ceiling `make bench` compares to.")
     ] = False
+    auth_mode: Annotated[
+        Literal["required", "none"],
+        Meta(
+            description="`required`: every ingest request carries the device's credential"
+            " (HMAC signature or bearer JWT, docs/devices.md) and is rate limited; `none`:"
+            " development only, no authentication (logged loudly and shown in /healthz)."
+        ),
+    ] = "required"
+    registry_path: Annotated[
+        str, Meta(description="Device registry file (re-read when it changes).")
+    ] = "var/devices/registry.toml"
+    auth_replay_window_s: Annotated[
+        float,
+        Meta(gt=0, description="Largest clock difference accepted in X-IoTGW-Timestamp (s)."),
+    ] = 300.0
