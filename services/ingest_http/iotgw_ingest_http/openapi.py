@@ -120,6 +120,47 @@ TRACEPARENT = {
     "description": "W3C trace context of the device; becomes the parent of the record's trace.",
     "schema": {"type": "string"},
 }
+AUTH_HEADERS = [
+    {
+        "name": "X-IoTGW-Timestamp",
+        "in": "header",
+        "required": False,
+        "description": "HMAC credential: unix seconds; must be within the replay window"
+        " (IOTGW_AUTH_REPLAY_WINDOW_S) of the server clock.",
+        "schema": {"type": "string"},
+    },
+    {
+        "name": "X-IoTGW-Signature",
+        "in": "header",
+        "required": False,
+        "description": "HMAC credential: hex HMAC-SHA256 with the device's http_secret over"
+        " `<X-IoTGW-Timestamp>.<body>` (docs/devices.md).",
+        "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+    },
+    {
+        "name": "X-IoTGW-Device",
+        "in": "header",
+        "required": False,
+        "description": "HMAC credential: whose secret signed (default: the device in the path).",
+        "schema": {"type": "string"},
+    },
+]
+DEVICE_SECURITY_SCHEMES = {
+    "deviceJwt": {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+        "description": "HS256 JWT signed with the device's http_secret; `sub` = device id,"
+        " `exp` required.",
+    },
+    "deviceHmac": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-IoTGW-Signature",
+        "description": "HMAC-SHA256 of timestamp + body (with X-IoTGW-Timestamp).",
+    },
+}
+DEVICE_SECURITY: list[dict[str, list[str]]] = [{"deviceJwt": []}, {"deviceHmac": []}]
 EXAMPLE = {
     "seq": 1,
     "metrics": {"temp_c": 21.5},
@@ -131,6 +172,11 @@ EXAMPLE = {
 def _common_errors(limit_name: str) -> dict[str, Any]:
     return {
         "400": _json("Error", "Validation failed: the code names the broken rule."),
+        "401": _json("Error", "No credential, or one that does not verify (code unauthorized)."),
+        "403": _json("Error", "A valid credential of another device (code forbidden)."),
+        "429": _json(
+            "Error", "The device is over its rate limit (code rate_limited).", RETRY_AFTER
+        ),
         "413": _json("Error", f"Body over the configured limit ({limit_name})."),
         "415": _json("Error", "Body is not JSON (Content-Type must be application/json)."),
         "503": _json(
@@ -160,7 +206,8 @@ def build_openapi() -> dict[str, Any]:
                 "post": {
                     "operationId": "ingest",
                     "summary": "Ingest one reading of a device",
-                    "parameters": [DEVICE_ID, TRACEPARENT],
+                    "parameters": [DEVICE_ID, TRACEPARENT, *AUTH_HEADERS],
+                    "security": DEVICE_SECURITY,
                     "requestBody": {
                         "required": True,
                         "content": {
@@ -183,7 +230,8 @@ def build_openapi() -> dict[str, Any]:
                 "post": {
                     "operationId": "ingestBatch",
                     "summary": "Ingest a list of readings of a device, with a result per item",
-                    "parameters": [DEVICE_ID, TRACEPARENT],
+                    "parameters": [DEVICE_ID, TRACEPARENT, *AUTH_HEADERS],
+                    "security": DEVICE_SECURITY,
                     "requestBody": {
                         "required": True,
                         "content": {
@@ -245,5 +293,8 @@ def build_openapi() -> dict[str, Any]:
             },
             **admin_paths(),
         },
-        "components": {"schemas": components, "securitySchemes": SECURITY_SCHEMES},
+        "components": {
+            "schemas": components,
+            "securitySchemes": {**SECURITY_SCHEMES, **DEVICE_SECURITY_SCHEMES},
+        },
     }
