@@ -15,13 +15,13 @@ help: ## List the targets
 deps: ## Install system packages, uv and the locked Python environment (idempotent)
 	@bash .ci/bootstrap.sh
 
-run: deps ## Run the stack here as processes: Redis, HTTP ingest on :8000, forwarder -> var/outbox/
+run: deps ## Run the stack here as processes: Redis, Mosquitto (TLS :8883), HTTP ingest on :8000, MQTT ingest, forwarder -> var/outbox/; dev device in var/dev-device.json
 	@$(PY) -m iotgw_supervisor
 
 lint: deps ## ruff and mypy (strict on libs/)
 	$(UV) run --frozen ruff check libs services tests
 	$(UV) run --frozen ruff format --check libs services tests
-	$(UV) run --frozen mypy -p iotgw_core -p iotgw_ingest_http -p iotgw_forwarder -p iotgw_supervisor
+	$(UV) run --frozen mypy -p iotgw_core -p iotgw_ingest_http -p iotgw_forwarder -p iotgw_supervisor -p iotgw_ingest_mqtt -p iotgw_cli
 
 test: lint ## Install what is missing, lint, then the whole test suite (what CI runs)
 	$(UV) run --frozen pytest $(PYTEST_ARGS)

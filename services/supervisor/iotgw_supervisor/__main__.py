@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -123,6 +125,70 @@ class Supervisor:
                 await proc.wait()
 
 
+MQTT_LOCAL_PORT = int(os.environ.get("IOTGW_RUN_MQTT_PORT", "1884"))
+MQTT_DEVICE_PORT = int(os.environ.get("IOTGW_RUN_MQTT_TLS_PORT", "8883"))
+MQTT_CERT_PORT = int(os.environ.get("IOTGW_RUN_MQTT_CERT_PORT", "8884"))
+
+
+def prepare_broker(root: Path, env: dict[str, str]) -> None:
+    """Edge broker files under var/: CA, server cert, config; the dev device on first run."""
+    cli = [sys.executable, "-m", "iotgw_cli"]
+    run_env = {**os.environ, **env}
+    subprocess.run(
+        [
+            *cli,
+            "broker",
+            "setup",
+            "--local-port",
+            str(MQTT_LOCAL_PORT),
+            "--device-port",
+            str(MQTT_DEVICE_PORT),
+            "--cert-port",
+            str(MQTT_CERT_PORT),
+        ],
+        check=True,
+        cwd=root,
+        env=run_env,
+        stdout=subprocess.DEVNULL,
+    )
+    out = root / "var" / "dev-device.json"
+    subprocess.run(
+        [
+            *cli,
+            "devices",
+            "dev",
+            "--out",
+            str(out),
+            "--device-port",
+            str(MQTT_DEVICE_PORT),
+            "--cert-port",
+            str(MQTT_CERT_PORT),
+        ],
+        check=True,
+        cwd=root,
+        env=run_env,
+        stdout=subprocess.DEVNULL,
+    )
+    dev = json.loads(out.read_text())
+    log(
+        "supervisor",
+        f"development device {dev['device_id']} (tenant {dev['tenant']},"
+        f" site {dev['site']}); credentials in {out}:",
+    )
+    log(
+        "supervisor",
+        f"  mosquitto_pub -h 127.0.0.1 -p {MQTT_DEVICE_PORT} --cafile {dev['ca_file']}"
+        f" -u {dev['username']} -P '{dev['password']}' -q 1"
+        f' -t {dev["publish_topics"][0]} -m \'{{"metrics": {{"temp_c": 21.5}}}}\'',
+    )
+    log(
+        "supervisor",
+        f"  curl -H 'Authorization: Bearer {dev['http_token']}'"
+        f" -H 'Content-Type: application/json' -d '{{\"metrics\": {{\"temp_c\": 21.5}}}}'"
+        f" {dev['http_url']}",
+    )
+
+
 def build_programs(root: Path, redis_port: int) -> list[Program]:
     """Redis with its data under var/, then the gateway's services."""
     var = root / "var"
@@ -132,7 +198,16 @@ def build_programs(root: Path, redis_port: int) -> list[Program]:
         "IOTGW_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
         "IOTGW_SPOOL_PATH": str(var / "spool" / "spool.db"),
         "IOTGW_OUTBOX_DIR": str(var / "outbox"),
+        "IOTGW_VAR_DIR": str(var),
+        "IOTGW_REGISTRY_PATH": str(var / "devices" / "registry.toml"),
+        "IOTGW_QUARANTINE_PATH": str(var / "quarantine" / "quarantine.db"),
         "PYTHONUNBUFFERED": "1",
+    }
+    prepare_broker(root, env)
+    mqtt_env = {
+        **env,
+        "IOTGW_MQTT_PORT": str(MQTT_LOCAL_PORT),
+        "IOTGW_MQTT_PASSWORD_FILE": str(var / "mosquitto" / "iotgw-ingest.password"),
     }
     redis = Program(
         "redis",
@@ -158,7 +233,9 @@ def build_programs(root: Path, redis_port: int) -> list[Program]:
     python = sys.executable
     return [
         redis,
+        Program("mosquitto", ["mosquitto", "-c", str(var / "mosquitto" / "mosquitto.conf")]),
         Program("ingest-http", [python, "-m", "iotgw_ingest_http"], env),
+        Program("ingest-mqtt", [python, "-m", "iotgw_ingest_mqtt"], mqtt_env),
         Program("forwarder", [python, "-m", "iotgw_forwarder"], env),
     ]
 
@@ -177,7 +254,11 @@ async def run(root: Path, redis_port: int) -> int:
         for program in programs[1:]:
             await supervisor.start(program)
         watchers = [asyncio.create_task(supervisor.watch(p)) for p in programs]
-        log("supervisor", "stack up: HTTP ingest on http://127.0.0.1:8000, outbox in var/outbox/")
+        log(
+            "supervisor",
+            "stack up: HTTP ingest on http://127.0.0.1:8000, MQTT (TLS) on 127.0.0.1:"
+            f"{MQTT_DEVICE_PORT}, outbox in var/outbox/",
+        )
         await supervisor.stopping.wait()
     finally:
         log("supervisor", "shutting down")
