@@ -191,7 +191,13 @@ def context_of(traceparent: str | None) -> otel_context.Context | None:
 
 
 def _sampled(traceparent: str | None) -> bool:
-    return bool(traceparent) and traceparent.endswith("-01")  # type: ignore[union-attr]
+    # The sampled bit of the trace flags (newer SDKs also set the random bit, 0x02).
+    if not traceparent or len(traceparent) < 55:
+        return False
+    try:
+        return bool(int(traceparent[53:55], 16) & 0x01)
+    except ValueError:
+        return False
 
 
 def exemplar_of(traceparent: str | None) -> dict[str, str] | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -362,6 +363,16 @@ def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response
     return error(HTTP_500_INTERNAL_SERVER_ERROR, "internal_error", "internal error")
 
 
+_ROUTE_RE = re.compile(r"^/v1/ingest/[^/]+(/batch)?$")
+
+
+def _span_details(scope: Any) -> tuple[str, dict[str, Any]]:
+    # Span names by route template, not by path: one name per route, not per device.
+    # (the middleware runs before routing, so the template is derived from the path).
+    template = _ROUTE_RE.sub(r"/v1/ingest/{device_id}\1", scope.get("path", ""))
+    return f"{scope.get('method', 'HTTP')} {template}", {"http.route": template}
+
+
 def create_app(settings: IngestHttpSettings, pipeline: IngestPipeline | None = None) -> Litestar:
     """Build the app; the lifespan starts the pipeline (spool writer, hand-off)."""
     plugins: list[Any] = []
@@ -372,6 +383,7 @@ def create_app(settings: IngestHttpSettings, pipeline: IngestPipeline | None = N
         config = OpenTelemetryConfig(
             exclude=["^/metrics", "^/healthz", "^/readyz", "^/docs"],
             exclude_spans=["receive", "send"],
+            scope_span_details_extractor=_span_details,
         )
         plugins.append(OpenTelemetryPlugin(config))
     pipe = pipeline or IngestPipeline(
