@@ -138,7 +138,7 @@ class ForwarderSettings(CommonSettings, kw_only=True, frozen=True):
     mqtt_sink_rate: Annotated[
         float,
         Meta(ge=0, description="MQTT sinks: publishes per second per connection (0: unpaced)."),
-    ] = 90.0
+    ] = 80.0
     mqtt_sink_burst: Annotated[
         int,
         Meta(

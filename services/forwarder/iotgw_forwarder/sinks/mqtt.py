@@ -139,7 +139,7 @@ class MqttSinkConfig:
     password: str = ""
     protocol: str = "5"
     connections: int = 1
-    rate_per_connection: float = 90.0
+    rate_per_connection: float = 80.0
     burst: int = 10
     max_inflight: int = 100
     keepalive_s: int = 30
