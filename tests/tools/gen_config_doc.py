@@ -18,6 +18,10 @@ SETTINGS: list[tuple[str, str]] = [
         "iotgw_ingest_http.admin:AdminSettings",
     ),
     ("Forwarder (`services/forwarder`)", "iotgw_forwarder.settings:ForwarderSettings"),
+    (
+        "Traces and metrics (every service, docs/observability.md)",
+        "iotgw_core.telemetry:TelemetrySettings",
+    ),
     ("MQTT ingest (`services/ingest_mqtt`)", "iotgw_ingest_mqtt.settings:IngestMqttSettings"),
     ("CLI `iotgw admin` (`services/cli`)", "iotgw_cli.admin:AdminCliSettings"),
 ]

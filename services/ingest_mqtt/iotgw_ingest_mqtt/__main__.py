@@ -12,6 +12,7 @@ import logging
 import signal
 import sys
 
+from iotgw_core import telemetry
 from iotgw_core.ingest import IngestPipeline
 from iotgw_core.logs import setup_logging
 from iotgw_core.quarantine import Quarantine
@@ -86,9 +87,13 @@ def main() -> int:
     logging.getLogger("mqtt").setLevel(
         logging.DEBUG if settings.log_level == "DEBUG" else logging.WARNING
     )
+    telemetry.setup("ingest-mqtt")  # traces only when IOTGW_OTLP_ENDPOINT is set
     if settings.mqtt_metrics_port:
         start_http_server(settings.mqtt_metrics_port, addr=settings.mqtt_metrics_host)
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    finally:
+        telemetry.shutdown()
     return 0
 
 
