@@ -130,6 +130,7 @@ class DevicePublisher:
         self._early: dict[int, Any] = {}
         self._lock = threading.Lock()
         self.connected = threading.Event()
+        self.answered = threading.Event()  # a CONNACK came, good or not
         self.connect_rc: Any = None
         self.client = paho.Client(
             paho.CallbackAPIVersion.VERSION2,
@@ -149,6 +150,7 @@ class DevicePublisher:
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
         self.connect_rc = rc
+        self.answered.set()
         if not rc.is_failure:
             self.connected.set()
 
@@ -171,7 +173,7 @@ class DevicePublisher:
         """Connect (network loop in paho's thread) and wait for the CONNACK."""
         self.client.connect("127.0.0.1", self.port, keepalive=30)
         self.client.loop_start()
-        self.connected.wait(timeout_s)
+        self.answered.wait(timeout_s)
         return self
 
     def publish(
