@@ -1,0 +1,237 @@
+"""MQTT end to end: QoS 1 device publishers -> edge Mosquitto -> gateway -> file sink,
+against a plain Mosquitto bridge (edge broker bridged at QoS 1 to a second broker).
+
+Both runs use the same edge broker configuration (services/mosquitto template:
+TLS device listener, passwords, ACL, persistence) and the same publishers: 3
+device processes, each publishing ``PER_DEVICE`` QoS 1 messages with a window
+of 100 unacknowledged publishes (TCP_NODELAY), started together by a go file.
+
+- gateway: ingest-mqtt (spool commit before PUBACK, validation, registry
+  checks) -> Redis Stream -> forwarder -> file sink. The clock stops when the
+  last record is in the outbox.
+- bridge: the edge broker with a ``connection`` to a second mosquitto
+  (persistence on, QoS 1, clean session off); a QoS 1 subscriber on the second
+  broker. The clock stops when it has every message.
+
+Figure: messages/s from the go signal to the last message at the far end;
+ratio = gateway / bridge.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+DEVICES = 3
+PER_DEVICE = int(os.environ.get("BENCH_MQTT_PER_DEVICE", "10000"))
+WINDOW = 100
+TIMEOUT_S = 240.0
+
+
+def publish_main(creds_file: str, port: int, go_file: str, count: int) -> None:
+    """One device: connect over TLS, wait for the go file, publish ``count`` QoS 1 messages."""
+    import ssl
+
+    import paho.mqtt.client as paho
+
+    creds = json.loads(Path(creds_file).read_text())
+    done = threading.Event()
+    acked = [0]
+    inflight = threading.Semaphore(WINDOW)
+
+    def on_publish(client: Any, userdata: Any, mid: int, rc: Any, props: Any) -> None:
+        acked[0] += 1
+        inflight.release()
+        if acked[0] >= count:
+            done.set()
+
+    client = paho.Client(
+        paho.CallbackAPIVersion.VERSION2,
+        client_id=f"bench-{creds['device_id']}",
+        protocol=paho.MQTTv5,
+    )
+    client.tls_set_context(ssl.create_default_context(cafile=creds["ca_file"]))
+    client.username_pw_set(creds["username"], creds["password"])
+    client.max_inflight_messages_set(WINDOW)
+    client.max_queued_messages_set(0)
+    client.on_publish = on_publish
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    while client.socket() is None:
+        time.sleep(0.01)
+    client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    while not Path(go_file).exists():
+        time.sleep(0.005)
+    topic = creds["publish_topics"][0]
+    for seq in range(count):
+        inflight.acquire()
+        client.publish(topic, b'{"seq":%d,"metrics":{"temp_c":21.5,"humidity":40.2}}' % seq, qos=1)
+    done.wait(TIMEOUT_S)
+    client.disconnect()
+    client.loop_stop()
+
+
+def _publishers(
+    work: Path, creds: list[dict[str, Any]], port: int
+) -> tuple[list[subprocess.Popen[bytes]], Path]:
+    go = work / "go"
+    procs = []
+    for c in creds:
+        path = work / f"{c['device_id']}.json"
+        path.write_text(json.dumps(c))
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.bench.bench_mqtt",
+                    "publish",
+                    str(path),
+                    str(port),
+                    str(go),
+                    str(PER_DEVICE),
+                ],
+                cwd=Path(__file__).resolve().parents[2],
+            )
+        )
+    time.sleep(2.0)  # let them connect
+    return procs, go
+
+
+def _wait(check: Any, what: str) -> None:
+    deadline = time.monotonic() + TIMEOUT_S
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"bench: timed out waiting for {what}")
+
+
+def _outbox_lines(outbox: Path) -> int:
+    return sum(p.read_bytes().count(b"\n") for p in outbox.glob("outbox-*.jsonl"))
+
+
+def run_gateway(work: Path) -> float:
+    """Messages/s through edge broker, ingest-mqtt, spool, stream, forwarder, file sink."""
+    from tests.support.mosquitto import MosquittoBroker, mqtt_ingest_service
+    from tests.support.procs import RedisServer, python_service
+
+    broker = MosquittoBroker(work / "broker", cert_listener=False).start()
+    redis = RedisServer(work / "redis").start()
+    env = {
+        **broker.env(),
+        "IOTGW_REDIS_URL": redis.url,
+        "IOTGW_SPOOL_PATH": str(work / "spool.db"),
+        "IOTGW_OUTBOX_DIR": str(work / "outbox"),
+        "IOTGW_METRICS_PORT": "0",
+        "IOTGW_LOG_LEVEL": "WARNING",
+    }
+    creds = [broker.add_device(f"bench-{i}") for i in range(DEVICES)]
+    ingest = mqtt_ingest_service(env, work).start()
+    forwarder = python_service("iotgw_forwarder", "forwarder", work, env).start()
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        time.sleep(2.0)
+        procs, go = _publishers(work, creds, broker.device_port)
+        total = DEVICES * PER_DEVICE
+        started = time.perf_counter()
+        go.touch()
+        _wait(lambda: _outbox_lines(work / "outbox") >= total, "the outbox")
+        return total / (time.perf_counter() - started)
+    finally:
+        for p in procs:
+            p.wait(30)
+        ingest.stop()
+        forwarder.stop()
+        broker.stop()
+        redis.stop()
+
+
+def run_bridge(work: Path) -> float:
+    """Messages/s through the edge broker bridged at QoS 1 to a second broker."""
+    import paho.mqtt.client as paho
+
+    from tests.support.mosquitto import MosquittoBroker
+    from tests.support.procs import Managed, free_port, wait_port
+
+    far_port = free_port()
+    far_dir = work / "far"
+    (far_dir / "data").mkdir(parents=True)
+    (far_dir / "far.conf").write_text(
+        f"user {os.environ.get('USER', 'root')}\nlistener {far_port} 127.0.0.1\n"
+        f"allow_anonymous true\npersistence true\npersistence_location {far_dir / 'data'}/\n"
+        "max_queued_messages 1000000\nset_tcp_nodelay true\n"
+    )
+    far = Managed("mosquitto-far", ["mosquitto", "-c", str(far_dir / "far.conf")], far_dir).start()
+    wait_port(far_port, proc=far.proc)
+    broker = MosquittoBroker(work / "broker", cert_listener=False)
+    with broker.paths.config_file.open("a") as conf:
+        conf.write(
+            "\n# bench: bridge every device topic to the far broker at QoS 1\n"
+            f"connection far\naddress 127.0.0.1:{far_port}\ntopic v1/# out 1\n"
+            "cleansession false\nbridge_protocol_version mqttv311\n"
+            "max_queued_messages 1000000\n"
+        )
+    broker.start()
+    total = DEVICES * PER_DEVICE
+    received = [0]
+    got_all = threading.Event()
+
+    def on_message(client: Any, userdata: Any, msg: Any) -> None:
+        received[0] += 1
+        if received[0] >= total:
+            got_all.set()
+
+    sub = paho.Client(
+        paho.CallbackAPIVersion.VERSION2, client_id="bench-far-sub", clean_session=False
+    )
+    sub.on_message = on_message
+    sub.connect("127.0.0.1", far_port)
+    sub.subscribe("v1/#", qos=1)
+    sub.loop_start()
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        creds = [broker.add_device(f"bench-{i}") for i in range(DEVICES)]
+        time.sleep(1.0)
+        procs, go = _publishers(work, creds, broker.device_port)
+        started = time.perf_counter()
+        go.touch()
+        if not got_all.wait(TIMEOUT_S):
+            raise RuntimeError(f"bench: the far subscriber got {received[0]} of {total}")
+        return total / (time.perf_counter() - started)
+    finally:
+        for p in procs:
+            p.wait(30)
+        sub.loop_stop()
+        broker.stop()
+        far.stop()
+
+
+def run() -> dict[str, float]:
+    """Both setups in one run; figures and the ratio."""
+    with tempfile.TemporaryDirectory(prefix="bench-mqtt-") as tmp:
+        bridge = run_bridge(Path(tmp) / "bridge")
+        gateway = run_gateway(Path(tmp) / "gateway")
+    figures = {
+        "mqtt_bridge_msgs_per_s": round(bridge, 1),
+        "mqtt_gateway_msgs_per_s": round(gateway, 1),
+        "mqtt_gateway_vs_bridge_ratio": round(gateway / bridge, 3),
+    }
+    for key, value in figures.items():
+        print(f"{key}: {value}")
+    return figures
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "publish":
+        publish_main(sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]))
+    else:
+        print(json.dumps(run()))
