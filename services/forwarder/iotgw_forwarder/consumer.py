@@ -17,7 +17,7 @@ import logging
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from iotgw_core import metrics, telemetry
 from iotgw_core.retry import RetryPolicy
@@ -339,7 +339,9 @@ class Forwarder:
             metrics.FORWARD_ATTEMPTS.labels(sink, "retry").inc(len(items))
             for p in items:
                 attempts = p.record.attempts + 1
-                p.record = _with_attempt(p.record, attempts, error)
+                p.record = replace(
+                    p.record, state=State.ENQUEUED, attempts=attempts, last_error=error
+                )
                 self.not_before[p.record.device_key] = time.monotonic() + self.policy.delay(
                     attempts
                 )
@@ -518,19 +520,3 @@ class Forwarder:
     async def _report_status(self) -> None:
         with contextlib.suppress(RedisError, OSError):
             await self.stream.client.set(self.stream.status_key, json.dumps(self.status()), ex=10)
-
-
-def _with_attempt(rec: StoredRecord, attempts: int, error: str) -> StoredRecord:
-    return StoredRecord(
-        rid=rec.rid,
-        id=rec.id,
-        tenant=rec.tenant,
-        device_id=rec.device_id,
-        seq=rec.seq,
-        state=State.ENQUEUED,
-        attempts=attempts,
-        last_error=error,
-        created_at=rec.created_at,
-        traceparent=rec.traceparent,
-        body=rec.body,
-    )
