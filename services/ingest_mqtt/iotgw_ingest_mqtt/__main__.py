@@ -91,7 +91,9 @@ def main() -> int:
     if settings.mqtt_metrics_port:
         start_http_server(settings.mqtt_metrics_port, addr=settings.mqtt_metrics_host)
     try:
-        asyncio.run(serve(settings))
+        import uvloop
+
+        uvloop.run(serve(settings))
     finally:
         telemetry.shutdown()
     return 0
