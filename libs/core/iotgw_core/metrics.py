@@ -159,6 +159,7 @@ class DeviceMetrics:
         self._labels: dict[tuple[str, str], tuple[str, str]] = {}
         self._last_seq: dict[tuple[str, str], int] = {}
         self._reconnects: dict[tuple[str, str], float] = {}
+        self._children: dict[tuple[str, str], tuple[Counter, Gauge]] = {}
 
     def _label(self, tenant: str, device_id: str) -> tuple[str, str] | None:
         key = (tenant, device_id)
@@ -186,8 +187,14 @@ class DeviceMetrics:
         if duplicate:
             DEVICE_DUPLICATES.labels(tenant_l, device_l).inc()
             return
-        DEVICE_RECORDS.labels(tenant_l, device_l).inc()
-        DEVICE_LAST_SEEN.labels(tenant_l, device_l).set_to_current_time()
+        children = self._children.get((tenant_l, device_l))
+        if children is None:  # bound once per device label: .labels() is a locked lookup
+            children = self._children[(tenant_l, device_l)] = (
+                DEVICE_RECORDS.labels(tenant_l, device_l),
+                DEVICE_LAST_SEEN.labels(tenant_l, device_l),
+            )
+        children[0].inc()
+        children[1].set_to_current_time()
         if not tracked:
             return
         key = (tenant, device_id)

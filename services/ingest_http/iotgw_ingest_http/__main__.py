@@ -9,6 +9,7 @@ import sys
 
 import uvicorn
 from iotgw_core.logs import setup_logging
+from iotgw_core.process import tune_gc
 from iotgw_core.settings import SettingsError, load_settings
 
 from .app import create_app
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(settings.log_level, "ingest-http")
     app = create_app(settings)
+    tune_gc()
     pipeline = app.state.pipeline
 
     class Server(uvicorn.Server):

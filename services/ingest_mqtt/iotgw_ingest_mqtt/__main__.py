@@ -15,6 +15,7 @@ import sys
 from iotgw_core import telemetry
 from iotgw_core.ingest import IngestPipeline
 from iotgw_core.logs import setup_logging
+from iotgw_core.process import tune_gc
 from iotgw_core.quarantine import Quarantine
 from iotgw_core.registry import RegistryWatcher
 from iotgw_core.settings import SettingsError, load_settings
@@ -90,6 +91,7 @@ def main() -> int:
     telemetry.setup("ingest-mqtt")  # traces only when IOTGW_OTLP_ENDPOINT is set
     if settings.mqtt_metrics_port:
         start_http_server(settings.mqtt_metrics_port, addr=settings.mqtt_metrics_host)
+    tune_gc()
     try:
         import uvloop
 
