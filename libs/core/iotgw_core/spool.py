@@ -390,13 +390,26 @@ class Spool:
         return Totals(int(row[0]), int(row[1]))
 
     def counts_by_state(self) -> dict[str, int]:
-        """Number of records in each state, by label."""
+        """Number of records in each state, by label.
+
+        Costs in proportion to the records not yet done and the dead letters,
+        not to the whole spool: Acked (most of a healthy spool) is the total
+        minus the others.
+        """
         counts = {label: 0 for label in _LABELS.values()}
         with self._lock:
-            for state, count in self._conn.execute(
-                "SELECT state, count(*) FROM records GROUP BY state"
-            ):
-                counts[State(state).label] = int(count)
+            self._conn.execute("BEGIN")  # one snapshot for the three reads
+            try:
+                for state, count in self._conn.execute(
+                    "SELECT state, count(*) FROM records WHERE state IN (0, 1) GROUP BY state"
+                ):
+                    counts[State(state).label] = int(count)
+                dead = self._conn.execute("SELECT count(*) FROM records WHERE state = 3")
+                counts["Dead"] = int(dead.fetchone()[0])
+                total = int(self._conn.execute("SELECT records FROM totals").fetchone()[0])
+            finally:
+                self._conn.execute("COMMIT")
+        counts["Acked"] = total - counts["Enqueued"] - counts["InFlight"] - counts["Dead"]
         return counts
 
     def oldest_pending_created_at(self) -> float | None:
