@@ -1,6 +1,6 @@
-"""Fixtures of the firmware tests: the QEMU image (built once), a password/ACL
-broker and a persistent subscriber per test. Markers come from the root
-pyproject.toml."""
+"""Fixtures of the firmware tests: the project's edge broker, the device onboarded
+with `iotgw devices add` and an image built with the credentials it printed,
+and a persistent subscriber. Markers come from the root pyproject.toml."""
 
 from __future__ import annotations
 
@@ -9,45 +9,46 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from iotgw_cli.broker import INGEST_USER
 
 from tests.firmware.support import (
     DeviceIdentity,
     FirmwareImage,
-    PasswordBroker,
     Subscriber,
     build_image,
+    onboard,
 )
-
-SUBSCRIBER = ("fw-test-reader", "reader-secret")
+from tests.support.mosquitto import MosquittoBroker
 
 
 @pytest.fixture(scope="session")
-def firmware_image(tmp_path_factory: pytest.TempPathFactory) -> FirmwareImage:
-    """The QEMU image with a test identity, a fast sample period and seq lease 1."""
+def toolchain() -> None:
+    """What the QEMU tests need on the PATH."""
     for tool in ("arm-none-eabi-gcc", "qemu-system-arm", "mosquitto", "mosquitto_passwd"):
         assert shutil.which(tool), f"{tool} missing: run firmware/stm32/tools/ensure-toolchain.sh"
-    return build_image(tmp_path_factory.mktemp("fw-build"), DeviceIdentity(), sample_ms=250)
 
 
 @pytest.fixture
-def broker(tmp_path: Path, firmware_image: FirmwareImage) -> Iterator[PasswordBroker]:
-    """A broker that knows the device (publish only under its own topic) and a reader."""
-    ident = firmware_image.identity
-    server = PasswordBroker(tmp_path / "broker")
-    server.add_user(
-        ident.username,
-        ident.password,
-        [f"topic write v1/{ident.tenant}/{ident.site}/{ident.device_id}/#"],
-    )
-    server.add_user(SUBSCRIBER[0], SUBSCRIBER[1], ["topic read v1/#"])
-    server.start()
+def broker(tmp_path: Path, toolchain: None) -> Iterator[MosquittoBroker]:
+    """The edge broker (edge config, registry-generated password and ACL files), started."""
+    server = MosquittoBroker(tmp_path / "broker", cert_listener=False).start()
     yield server
     server.stop()
 
 
 @pytest.fixture
-def subscriber(broker: PasswordBroker) -> Iterator[Subscriber]:
-    """Subscribed to v1/# at QoS 1 on a persistent session before the device starts."""
-    sub = Subscriber(broker.port, *SUBSCRIBER).start()
+def firmware_image(broker: MosquittoBroker, tmp_path: Path) -> FirmwareImage:
+    """The device registered in the broker's registry (the CLI, as an operator does),
+    and the QEMU image built with that identity: 250 ms sample period, seq lease 1.
+    About a second of build: each test's registry gives the device a new password."""
+    identity = onboard(broker, DeviceIdentity())
+    return build_image(tmp_path / "fw-build", identity, sample_ms=250)
+
+
+@pytest.fixture
+def subscriber(broker: MosquittoBroker) -> Iterator[Subscriber]:
+    """Subscribed to v1/# at QoS 1 on a persistent session before the device starts
+    (as the gateway's ingest user, the one service user the edge broker has)."""
+    sub = Subscriber(broker.local_port, INGEST_USER, broker.ingest_password).start()
     yield sub
     sub.stop()

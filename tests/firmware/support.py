@@ -1,31 +1,34 @@
-"""Reusable pieces of the firmware tests: the build, a password/ACL Mosquitto,
-the firmware in QEMU with what it logged as acknowledged, and the body rules.
+"""Reusable pieces of the firmware tests: onboarding with the registry CLI, the
+build with that identity, the firmware in QEMU with what it logged as
+acknowledged, a persistent subscriber, and the body rules.
 
-Kept apart from the test modules so that a later gateway end-to-end test can
-run the same broker and device and compare the gateway's outbox with
-``QemuDevice.acked_seqs()``.
+The broker is the project's edge Mosquitto fixture (tests/support/mosquitto.py:
+the edge config, registry-generated password and ACL files). The firmware
+speaks plain MQTT over its USART, so QEMU connects it to the broker's loopback
+listener, which applies the same password file and ACL as every listener.
 """
 
 from __future__ import annotations
 
-import getpass
 import json
 import math
 import os
 import re
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.support.procs import REPO, Managed, free_port, wait_port
+from tests.support.mosquitto import MosquittoBroker
+from tests.support.procs import REPO, Managed
 
 FIRMWARE = REPO / "firmware" / "stm32"
 KEY_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
@@ -82,12 +85,12 @@ def body_rule_violations(body: Any) -> list[str]:
 
 @dataclass
 class DeviceIdentity:
-    """What `make image` bakes into the firmware, and what the broker knows of it."""
+    """What `make image` bakes into the firmware; the password comes from `onboard`."""
 
     device_id: str = "stm32-qemu-01"
     tenant: str = "acme"
     site: str = "aal"
-    password: str = "fw-test-secret"
+    password: str = ""
 
     @property
     def username(self) -> str:
@@ -112,6 +115,7 @@ class FirmwareImage:
 
 def build_image(build_dir: Path, identity: DeviceIdentity, sample_ms: int) -> FirmwareImage:
     """`make image` for QEMU with this identity into build_dir; fails loudly if it cannot."""
+    assert identity.password, "onboard the device first: the password comes from the registry"
     result = make(
         "image",
         "BOARD=qemu",
@@ -135,72 +139,27 @@ def build_image(build_dir: Path, identity: DeviceIdentity, sample_ms: int) -> Fi
     )
 
 
-class PasswordBroker:
-    """mosquitto on a free loopback port: no anonymous access, a password file
-    made with mosquitto_passwd, an ACL per user, persistence on (a restart
-    keeps retained/queued messages and persistent sessions)."""
-
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
-        self.workdir = workdir
-        self.port = port or free_port()
-        self.users: dict[str, tuple[str, list[str]]] = {}
-        (workdir / "data").mkdir(parents=True, exist_ok=True)
-        self.managed = Managed(
-            f"mosquitto-{self.port}", ["mosquitto", "-c", str(workdir / "mosquitto.conf")], workdir
-        )
-
-    def add_user(self, username: str, password: str, acl: list[str]) -> None:
-        """acl lines like 'topic write v1/acme/aal/dev-1/#'; takes effect at start."""
-        self.users[username] = (password, acl)
-
-    def _write_config(self) -> None:
-        pw = self.workdir / "passwd"
-        pw.unlink(missing_ok=True)
-        pw.touch(mode=0o600)
-        for name, (password, _) in self.users.items():
-            subprocess.run(
-                ["mosquitto_passwd", "-b", str(pw), name, password],
-                check=True,
-                capture_output=True,
-                timeout=30,
-            )
-        acl = self.workdir / "acl"
-        acl.write_text(
-            "".join(
-                f"user {name}\n" + "".join(f"{line}\n" for line in lines) + "\n"
-                for name, (_, lines) in self.users.items()
-            )
-        )
-        acl.chmod(0o600)
-        (self.workdir / "mosquitto.conf").write_text(
-            "# Test broker for the firmware end-to-end tests (written by tests/firmware).\n"
-            f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous false\n"
-            f"password_file {pw}\n"
-            f"acl_file {acl}\n"
-            "persistence true\n"
-            f"persistence_location {self.workdir / 'data'}/\n"
-            "autosave_interval 1\n"
-            "log_dest stdout\n"
-            "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
-            # mosquitto started as root drops to the 'mosquitto' user, which
-            # could not read these files; stay the user that wrote them.
-            f"user {getpass.getuser()}\n"
-        )
-
-    def start(self) -> PasswordBroker:
-        """Start (again, on the same port) and wait until it accepts connections."""
-        self._write_config()
-        self.managed.start()
-        wait_port(self.port, timeout_s=10, proc=self.managed.proc)
-        return self
-
-    def stop(self) -> None:
-        """SIGTERM: mosquitto saves its persistence database and exits."""
-        self.managed.stop(timeout_s=10)
-
-    def log_text(self) -> str:
-        return self.managed.log_text()
+def onboard(broker: MosquittoBroker, identity: DeviceIdentity) -> DeviceIdentity:
+    """`iotgw devices add` as an operator runs it, against this broker's registry:
+    the device gets a new password, the broker's password and ACL files are
+    regenerated from the registry (and a running broker re-reads them). Returns
+    the identity with the password the CLI printed, ready for `make image`."""
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "iotgw_cli", "devices", "add", identity.device_id,
+            "--tenant", identity.tenant, "--site", identity.site,
+        ],
+        env={**os.environ, **broker.env()},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, f"iotgw devices add failed:\n{result.stderr[-2000:]}"
+    shown = json.loads(result.stdout)
+    assert shown["username"] == identity.device_id
+    assert identity.topic("telemetry") in shown["publish_topics"]
+    return replace(identity, password=shown["password"])
 
 
 @dataclass
@@ -270,9 +229,9 @@ SAMPLE_RE = re.compile(r"^SAMPLE seq=(\d+) pending=(\d+)$", re.MULTILINE)
 
 class QemuDevice:
     """The firmware in qemu-system-arm -M netduinoplus2. USART1 is a TCP client
-    of the broker (QEMU reconnects it every second after the broker goes
-    away); USART2, the firmware's log, goes to a file; the monitor listens on
-    a unix socket for warm resets."""
+    of the broker's plaintext loopback listener (QEMU reconnects it every
+    second after the broker goes away); USART2, the firmware's log, goes to a
+    file; the monitor listens on a unix socket for warm resets."""
 
     def __init__(self, image: FirmwareImage, broker_port: int, workdir: Path) -> None:
         self.log_path = workdir / "firmware.log"

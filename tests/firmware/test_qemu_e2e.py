@@ -1,5 +1,6 @@
-"""The STM32F405 image in QEMU (netduinoplus2) publishing over its USART to a
-real Mosquitto with password and ACL: topics, consecutive seqs and valid
+"""The STM32F405 image in QEMU (netduinoplus2) publishing over its USART to the
+project's edge Mosquitto (registry-generated password and ACL, the device
+onboarded with `iotgw devices add`): topics, consecutive seqs and valid
 bodies arrive; across a broker restart nothing the firmware saw acknowledged
 is lost, and readings taken while the broker was down follow after."""
 
@@ -14,11 +15,11 @@ from iotgw_core.validation import validate_reading
 from tests.firmware.support import (
     TOPIC_RE,
     FirmwareImage,
-    PasswordBroker,
     QemuDevice,
     Subscriber,
     body_rule_violations,
 )
+from tests.support.mosquitto import MosquittoBroker
 
 pytestmark = pytest.mark.integration
 
@@ -51,9 +52,9 @@ def test_image_fits_its_budget(firmware_image: FirmwareImage) -> None:
 
 
 def test_telemetry_reaches_the_broker(
-    firmware_image: FirmwareImage, broker: PasswordBroker, subscriber: Subscriber, tmp_path: Path
+    firmware_image: FirmwareImage, broker: MosquittoBroker, subscriber: Subscriber, tmp_path: Path
 ) -> None:
-    device = QemuDevice(firmware_image, broker.port, tmp_path).start()
+    device = QemuDevice(firmware_image, broker.local_port, tmp_path).start()
     try:
         device.wait_until("8 PUBACKs", lambda: len(device.acked_seqs()) >= 8, timeout_s=30)
         acked = device.acked_seqs()
@@ -74,9 +75,9 @@ def test_telemetry_reaches_the_broker(
 @pytest.mark.reliability
 @pytest.mark.slow
 def test_broker_restart_loses_nothing_acked(
-    firmware_image: FirmwareImage, broker: PasswordBroker, subscriber: Subscriber, tmp_path: Path
+    firmware_image: FirmwareImage, broker: MosquittoBroker, subscriber: Subscriber, tmp_path: Path
 ) -> None:
-    device = QemuDevice(firmware_image, broker.port, tmp_path).start()
+    device = QemuDevice(firmware_image, broker.local_port, tmp_path).start()
     try:
         device.wait_until("5 PUBACKs", lambda: len(device.acked_seqs()) >= 5, timeout_s=30)
         broker.stop()
@@ -123,9 +124,9 @@ def test_broker_restart_loses_nothing_acked(
 
 @pytest.mark.reliability
 def test_seq_survives_a_warm_reset(
-    firmware_image: FirmwareImage, broker: PasswordBroker, subscriber: Subscriber, tmp_path: Path
+    firmware_image: FirmwareImage, broker: MosquittoBroker, subscriber: Subscriber, tmp_path: Path
 ) -> None:
-    device = QemuDevice(firmware_image, broker.port, tmp_path).start()
+    device = QemuDevice(firmware_image, broker.local_port, tmp_path).start()
     try:
         device.wait_until("4 PUBACKs", lambda: len(device.acked_seqs()) >= 4, timeout_s=30)
         device.warm_reset()
