@@ -8,11 +8,13 @@ the firmware logged as PUBACKed is in the outbox exactly once."""
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as paho
 import pytest
 
 from tests.firmware.support import FirmwareImage, QemuDevice
@@ -20,7 +22,7 @@ from tests.support.mosquitto import MosquittoBroker, mqtt_ingest_service
 from tests.support.procs import python_service
 from tests.support.stack import outbox_records, wait_until
 
-pytestmark = [pytest.mark.integration, pytest.mark.reliability]
+pytestmark = pytest.mark.integration
 
 METRICS = {"temp_c", "humidity_pct", "pressure_hpa", "uptime_s", "battery_v"}
 
@@ -59,6 +61,7 @@ def check_envelope(record: dict[str, Any], image: FirmwareImage) -> None:
     assert isinstance(record["seq"], int), record
 
 
+@pytest.mark.reliability
 def test_firmware_readings_reach_the_outbox_across_a_broker_restart(
     firmware_image: FirmwareImage, broker: MosquittoBroker, outbox: Path, tmp_path: Path
 ) -> None:
@@ -119,3 +122,57 @@ def test_firmware_readings_reach_the_outbox_across_a_broker_restart(
     assert acked == list(range(len(acked)))
     assert sorted(counts) == list(range(len(counts)))
     assert max(acked) >= outage_last + 2
+
+
+def _publish_on_loopback(
+    broker: MosquittoBroker, username: str, password: str, topic: str
+) -> tuple[Any, Any]:
+    """One MQTT v5 QoS 1 publish on the plaintext loopback listener, as the firmware
+    connects there: (CONNACK reason, PUBACK reason or None when not connected)."""
+    answers: dict[str, Any] = {}
+    done = threading.Event()
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    client.username_pw_set(username, password)
+
+    def on_connect(c: Any, u: Any, flags: Any, rc: Any, props: Any) -> None:
+        answers["connack"] = rc
+        if rc.is_failure:
+            done.set()
+        else:
+            c.publish(topic, b'{"seq": 1, "metrics": {"n": 1}}', qos=1)
+
+    def on_publish(c: Any, u: Any, mid: int, rc: Any, props: Any) -> None:
+        answers["puback"] = rc
+        done.set()
+
+    client.on_connect = on_connect
+    client.on_publish = on_publish
+    client.connect("127.0.0.1", broker.local_port)
+    client.loop_start()
+    try:
+        assert done.wait(10), "no CONNACK/PUBACK"
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return answers["connack"], answers.get("puback")
+
+
+def test_loopback_listener_holds_the_device_to_its_credentials_and_topics(
+    firmware_image: FirmwareImage, broker: MosquittoBroker
+) -> None:
+    """The listener the firmware uses in QEMU has no TLS but the same password
+    file and ACL: the onboarded identity publishes to its own topic only."""
+    ident = firmware_image.identity
+    connack, puback = _publish_on_loopback(
+        broker, ident.username, ident.password, ident.topic("telemetry")
+    )
+    assert not connack.is_failure and puback is not None and not puback.is_failure
+    connack, puback = _publish_on_loopback(
+        broker, ident.username, ident.password, f"v1/{ident.tenant}/{ident.site}/other/telemetry"
+    )
+    assert not connack.is_failure
+    assert puback is not None and puback.is_failure  # "not authorized" from the ACL
+    connack, _ = _publish_on_loopback(
+        broker, ident.username, "not-the-password", ident.topic("telemetry")
+    )
+    assert connack.is_failure
