@@ -193,6 +193,7 @@ class Spool:
     ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._busy_timeout_s = busy_timeout_ms / 1000
         self._lock = threading.Lock()
         self._conn = sqlite3.connect(
             str(self.path), isolation_level=None, check_same_thread=False, timeout=30
@@ -206,6 +207,30 @@ class Spool:
             self._conn.executescript(_SCHEMA)
             self._migrate()
             self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _begin_write(self) -> None:
+        """BEGIN IMMEDIATE (take the write lock), waiting for another writer in short steps.
+
+        SQLite's own busy handler sleeps 1, 2, 5, 10, ... ms between tries; two
+        processes sharing the file (ingest and forwarder) would make a sender
+        wait those steps. Here the lock is retried every 0.2-2 ms, up to the
+        busy timeout. Must be called with ``self._lock`` held.
+        """
+        deadline = time.monotonic() + self._busy_timeout_s
+        pause = 0.0002
+        self._conn.execute("PRAGMA busy_timeout=0")
+        try:
+            while True:
+                try:
+                    self._conn.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or time.monotonic() >= deadline:
+                        raise
+                time.sleep(pause)
+                pause = min(pause * 1.5, 0.002)
+        finally:
+            self._conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_s * 1000)}")
 
     def _migrate(self) -> None:
         version = int(self._conn.execute("PRAGMA user_version").fetchone()[0])
@@ -266,7 +291,7 @@ class Spool:
         with self._lock:
             cur = self._conn.cursor()
             try:
-                cur.execute("BEGIN IMMEDIATE")
+                self._begin_write()
                 known = self._stored_keys(cur, records)
                 next_rid = int(cur.execute("SELECT next_rid FROM totals").fetchone()[0])
                 for index, rec in enumerate(records):
@@ -426,7 +451,7 @@ class Spool:
         changed = 0
         with self._lock:
             try:
-                self._conn.execute("BEGIN IMMEDIATE")
+                self._begin_write()
                 for chunk in _chunks(rids):
                     marks = ",".join("?" * len(chunk))
                     cur = self._conn.execute(sql.format(marks=marks), (*params, *chunk))
@@ -512,7 +537,7 @@ class Spool:
     def _delete_acked(self, select: str, params: tuple[object, ...]) -> int:
         with self._lock:
             try:
-                self._conn.execute("BEGIN IMMEDIATE")
+                self._begin_write()
                 cur = self._conn.execute(
                     f"DELETE FROM records WHERE state=2 AND rid IN ({select})", params
                 )
@@ -589,7 +614,7 @@ class Spool:
         where, params = self._dead_where(flt)
         with self._lock:
             try:
-                self._conn.execute("BEGIN IMMEDIATE")
+                self._begin_write()
                 rows = self._conn.execute(
                     f"SELECT {_RECORD_COLUMNS} FROM records WHERE {where} ORDER BY rid LIMIT ?",
                     (*params, limit),
@@ -635,7 +660,7 @@ class Spool:
         where, params = self._dead_where(flt)
         with self._lock:
             try:
-                self._conn.execute("BEGIN IMMEDIATE")
+                self._begin_write()
                 cur = self._conn.execute(
                     "DELETE FROM records WHERE state=3 AND rid IN"
                     f" (SELECT rid FROM records WHERE {where} ORDER BY rid LIMIT ?)",

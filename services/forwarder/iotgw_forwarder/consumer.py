@@ -130,6 +130,14 @@ class Forwarder:
             entries = await self._read(block_ms=None if self._ready_now() else self._idle_ms())
             if entries:
                 await self._take(entries)
+                if len(entries) < self.settings.forward_batch and self.settings.forward_linger_s:
+                    # A trickle: wait a moment for more, so that one sink call and two
+                    # spool transactions carry many records, not a few (every spool
+                    # transaction briefly holds the write lock that ingest needs).
+                    await asyncio.sleep(self.settings.forward_linger_s)
+                    more = await self._read(block_ms=None)
+                    if more:
+                        await self._take(more)
         elif not self._ready_now():
             await asyncio.sleep(min(1.0, self._idle_ms() / 1000))
         batch = self._ready_batch()

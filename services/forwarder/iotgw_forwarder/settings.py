@@ -33,6 +33,15 @@ class ForwarderSettings(CommonSettings, kw_only=True, frozen=True):
     forward_batch: Annotated[
         int, Meta(ge=1, description="Most records handed to the sink in one call.")
     ] = 500
+    forward_linger_s: Annotated[
+        float,
+        Meta(
+            ge=0,
+            le=1,
+            description="When fewer records than a batch arrived, wait this long for more"
+            " before calling the sink (fewer, larger spool transactions).",
+        ),
+    ] = 0.02
     forward_batch_per_device: Annotated[
         int, Meta(ge=1, description="Most records of one device in one sink call (fairness).")
     ] = 200
