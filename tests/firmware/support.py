@@ -266,13 +266,21 @@ class QemuDevice:
         with socket.socket(socket.AF_UNIX) as mon:
             mon.settimeout(5)
             mon.connect(str(self.monitor_path))
-            mon.recv(4096)  # the banner and prompt
-            mon.sendall(b"system_reset\n")
-            reply = b""
-            while b"(qemu)" not in reply.split(b"system_reset", 1)[-1]:
+            # The banner and the first prompt may come in separate chunks: read
+            # up to the prompt, or its late arrival would pass for the answer
+            # below and the socket would close before QEMU ran the command
+            # (QEMU drops a closed client's unread input).
+            banner = b""
+            while b"(qemu)" not in banner:
                 chunk = mon.recv(4096)
-                if not chunk:
-                    break
+                assert chunk, f"QEMU monitor closed: {banner!r}"
+                banner += chunk
+            mon.sendall(b"system_reset\n")
+            # The monitor echoes the line and prompts again once it has run it.
+            reply = b""
+            while b"(qemu)" not in reply.partition(b"system_reset")[2]:
+                chunk = mon.recv(4096)
+                assert chunk, f"QEMU monitor closed: {reply!r}"
                 reply += chunk
 
     def boots(self) -> list[int]:
