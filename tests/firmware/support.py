@@ -310,3 +310,25 @@ class QemuDevice:
             f"timed out waiting for {what}; firmware log tail:\n{self.log()[-1500:]}\n"
             f"qemu output:\n{self.managed.log_text()[-800:]}"
         )
+
+    def ride_out_broker_restart(self, broker: MosquittoBroker) -> int:
+        """Stop the broker while the device samples, start it again, wait until the
+        device reconnected and had readings past the outage acknowledged.
+
+        Returns the last seq sampled during the outage (they waited in the ring).
+        """
+        broker.stop()
+        sampled_at_stop = max(self.sampled_seqs())
+        self.wait_until(
+            "samples during the outage",
+            lambda: max(self.sampled_seqs()) >= sampled_at_stop + 6,
+            timeout_s=15,
+        )
+        outage_last = max(self.sampled_seqs())
+        broker.start()
+        self.wait_until(
+            "reconnect and PUBACKs past the outage",
+            lambda: "CONNECTED count=2" in self.log() and max(self.acked_seqs()) >= outage_last + 2,
+            timeout_s=45,
+        )
+        return outage_last

@@ -82,22 +82,7 @@ def test_firmware_readings_reach_the_outbox_across_a_broker_restart(
         assert first_seqs == list(range(len(first_seqs)))  # consecutive from 0, no repeat
 
         # The broker restarts while the device publishes; readings wait in its ring.
-        broker.stop()
-        sampled_at_stop = max(device.sampled_seqs())
-        device.wait_until(
-            "samples during the outage",
-            lambda: max(device.sampled_seqs()) >= sampled_at_stop + 6,
-            timeout_s=15,
-        )
-        outage_last = max(device.sampled_seqs())
-        broker.start()
-        device.wait_until(
-            "reconnect and PUBACKs past the outage",
-            lambda: (
-                "CONNECTED count=2" in device.log() and max(device.acked_seqs()) >= outage_last + 2
-            ),
-            timeout_s=45,
-        )
+        outage_last = device.ride_out_broker_restart(broker)
         acked = device.acked_seqs()
         wait_until(
             lambda: set(acked) <= {r["seq"] for r in device_records(outbox, firmware_image)},
