@@ -95,7 +95,13 @@ class IngestPipeline:
         self.stream = RecordStream(self.redis, settings.stream_key, settings.stream_group)
         self.marks = Watermarks.from_settings(settings)
         self.full = False
+        # Refusing readings: while shutting down, or while an operator's drain is on.
+        # The operator's drain is a Redis key, so every ingest process (HTTP and
+        # MQTT, any replica) follows it within a second.
         self.draining = False
+        self.drain_key = f"{settings.stream_key}:draining"
+        self._shutting_down = False
+        self._operator_drain = False
         self.stream_ok = False
         self.stream_error: str | None = None
         self.totals = Totals(0, 0)
@@ -117,9 +123,32 @@ class IngestPipeline:
             self._tasks.append(asyncio.create_task(self._acked_listener(), name="acked-listener"))
 
     def begin_drain(self) -> None:
-        """Refuse new readings from now on (shutdown or an operator's drain)."""
-        self.draining = True
-        metrics.DRAINING.set(1)
+        """Refuse new readings from now on: this process is shutting down."""
+        self._shutting_down = True
+        self._update_draining()
+
+    async def set_operator_drain(self, on: bool) -> None:
+        """An operator's drain (or its end) for the whole gateway; RedisError if unreachable."""
+        if on:
+            await self.redis.set(self.drain_key, "1")
+        else:
+            await self.redis.delete(self.drain_key)
+        self._operator_drain = on
+        self._update_draining()
+
+    def _update_draining(self) -> None:
+        self.draining = self._shutting_down or self._operator_drain
+        metrics.DRAINING.set(1 if self.draining else 0)
+
+    async def _follow_operator_drain(self) -> None:
+        try:
+            on = bool(await self.redis.exists(self.drain_key))
+        except (RedisError, OSError):
+            return  # Redis away: keep the last known state
+        if on != self._operator_drain:
+            log.warning("operator drain %s", "on: refusing readings" if on else "off: accepting")
+            self._operator_drain = on
+            self._update_draining()
 
     async def stop(self, handoff_timeout_s: float = 5.0) -> None:
         """Drain: commit what is queued, hand it to the stream, close everything."""
@@ -288,6 +317,7 @@ class IngestPipeline:
                             metrics.PRUNED.labels("budget").inc(pruned)
                             totals = await asyncio.to_thread(self.spool.totals)
                 self._set_totals(totals)
+                await self._follow_operator_drain()
             except Exception:
                 log.exception("spool budget check failed")
 

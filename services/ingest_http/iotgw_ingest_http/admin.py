@@ -5,8 +5,9 @@ Mounted under ``/admin/v1`` by create_app only when a token is configured
 is 404. Every request needs ``Authorization: Bearer <token>``.
 
 Pause and resume reach the forwarder through a Redis key it polls
-(``<stream_key>:paused``); drain is this ingest process refusing readings
-with 503 until ``resume``.
+(``<stream_key>:paused``); drain is a Redis key too (``<stream_key>:draining``)
+that every ingest process (HTTP and MQTT) follows within a second, refusing
+readings (HTTP 503, MQTT: not reading) until ``resume``.
 """
 
 from __future__ import annotations
@@ -221,8 +222,11 @@ async def spool_summary(request: Request[Any, Any, Any]) -> Response[bytes]:
 async def drain(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Refuse new readings (503) until resume; what is spooled still drains to the sink."""
     pipeline = _pipeline(request)
-    pipeline.begin_drain()
-    log.warning("admin drain: refusing new readings")
+    try:
+        await pipeline.set_operator_drain(True)
+    except (RedisError, OSError) as exc:
+        return _error(503, "stream_unavailable", f"cannot set the drain flag: {exc}")
+    log.warning("admin drain: every ingest refuses new readings")
     return _json(200, await _state(pipeline))
 
 
@@ -242,10 +246,9 @@ async def resume(request: Request[Any, Any, Any]) -> Response[bytes]:
     pipeline = _pipeline(request)
     try:
         await pipeline.redis.delete(_pause_key(pipeline))
+        await pipeline.set_operator_drain(False)
     except (RedisError, OSError) as exc:
-        return _error(503, "stream_unavailable", f"cannot clear the pause flag: {exc}")
-    pipeline.draining = False
-    metrics.DRAINING.set(0)
+        return _error(503, "stream_unavailable", f"cannot clear the pause/drain flags: {exc}")
     log.warning("admin resume: accepting and delivering")
     return _json(200, await _state(pipeline))
 
