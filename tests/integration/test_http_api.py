@@ -290,3 +290,19 @@ async def test_openapi_is_served_and_matches_the_committed_document(
     assert "Retry-After" in responses["503"]["headers"]
     docs = await client.get("/docs")
     assert docs.status_code == 200 and "swagger-ui" in docs.text
+
+
+async def test_bench_endpoints_exist_only_when_switched_on_and_the_floor_commits(
+    make_client: AppFactory, gateway_env: dict[str, str]
+) -> None:
+    async with make_client() as client:
+        for path in ("/bench/noop", "/bench/commit"):
+            assert (await client.post(path, content=b"{}", headers=JSON)).status_code == 404
+    async with make_client(http_bench_endpoints="true") as client:
+        assert (await client.post("/bench/noop", content=b"{}", headers=JSON)).status_code == 202
+        r = await client.post("/bench/commit", content=b'{"seq":1}', headers=JSON)
+        assert r.status_code == 202
+    # The floor of `make bench` is a real group commit: the body is in the spool.
+    stored = Spool(gateway_env["IOTGW_SPOOL_PATH"]).get(r.json()["id"])
+    assert stored is not None and stored.body == b'{"seq":1}'
+    assert stored.state.label == "Enqueued"

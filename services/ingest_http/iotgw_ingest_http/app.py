@@ -18,6 +18,7 @@ from typing import Any, Final
 import msgspec
 from iotgw_core import metrics, telemetry
 from iotgw_core.auth import AuthError, HttpGuard, RateLimited
+from iotgw_core.ids import uuid7_str
 from iotgw_core.ingest import IngestPipeline, Refused
 from iotgw_core.spool import AppendResult, NewRecord, SpoolError
 from iotgw_core.validation import ValidationFailure, check_device_id, decode_json, validate_reading
@@ -354,6 +355,27 @@ async def bench_noop(request: Request[Any, Any, Any]) -> Response[bytes]:
     return _json(202, {"status": "noop"})
 
 
+async def bench_commit(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """The floor of any durable endpoint in this process: body -> spool commit -> 202.
+
+    No validation, envelope, authentication or metrics: the request body is
+    stored as it came, under a fresh id, through the same group commit and
+    stream hand-off as ingest. `make bench` compares it to the no-op to show
+    what the durability mechanics alone cost (never enabled in production).
+    """
+    pipeline = _pipeline(request)
+    record = NewRecord(
+        id=uuid7_str(),
+        tenant=pipeline.settings.tenant,
+        device_id="bench-commit",
+        seq=None,
+        body=await request.body(),
+        traceparent=None,
+    )
+    results = await pipeline.writer.append_many((record,))
+    return _json(202, {"id": results[0].id, "status": "enqueued", "duplicate": False})
+
+
 def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
     status = exc.status_code
     codes = {
@@ -451,6 +473,7 @@ def create_app(settings: IngestHttpSettings, pipeline: IngestPipeline | None = N
     ]
     if settings.http_bench_endpoints:
         handlers.append(post("/bench/noop")(bench_noop))
+        handlers.append(post("/bench/commit")(bench_commit))
     admin = admin_router()  # None (404) unless IOTGW_ADMIN_TOKEN(_FILE) is set
     if admin is not None:
         handlers.append(admin)

@@ -42,7 +42,11 @@ class IngestHttpSettings(CommonSettings, kw_only=True, frozen=True):
         float, Meta(ge=0, description="On SIGTERM, how long to finish in-flight requests.")
     ] = 10.0
     http_bench_endpoints: Annotated[
-        bool, Meta(description="Expose POST /bench/noop, the ceiling `make bench` compares to.")
+        bool,
+        Meta(
+            description="Expose POST /bench/noop and /bench/commit, the ceiling and the"
+            " durability floor `make bench` compares ingest to. Never in production."
+        ),
     ] = False
     auth_mode: Annotated[
         Literal["required", "none"],
