@@ -13,8 +13,17 @@ of 100 unacknowledged publishes (TCP_NODELAY), started together by a go file.
   (persistence on, QoS 1, clean session off); a QoS 1 subscriber on the second
   broker. The clock stops when it has every message.
 
-Figure: messages/s from the go signal to the last message at the far end;
-ratio = gateway / bridge.
+- receive-only (the floor of any single Python consumer): a paho-mqtt
+  subscriber with the ingest's login and persistent session on the same edge
+  broker that does nothing but count each QoS 1 message (PUBACK sent by paho).
+  The gateway's ingest does this plus validation, the spool commit and the
+  hand-off, so its rate cannot exceed this one.
+
+Figures: messages/s from the go signal to the last message at the far end;
+ratio = gateway / bridge; and for each run the CPU time of the whole machine
+per message (all processes, from /proc/stat), which says where the two cores
+went. ``BENCH_MQTT_REPLICAS=N`` runs N ingest-mqtt replicas on a shared
+subscription.
 """
 
 from __future__ import annotations
@@ -29,6 +38,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from tests.bench.clock import Clock
 
 DEVICES = 3
 PER_DEVICE = int(os.environ.get("BENCH_MQTT_PER_DEVICE", "10000"))
@@ -119,7 +130,7 @@ def _outbox_lines(outbox: Path) -> int:
     return sum(p.read_bytes().count(b"\n") for p in outbox.glob("outbox-*.jsonl"))
 
 
-def run_gateway(work: Path) -> float:
+def run_gateway(work: Path) -> tuple[float, float]:
     """Messages/s through edge broker, ingest-mqtt, spool, stream, forwarder, file sink."""
     from tests.support.mosquitto import MosquittoBroker, mqtt_ingest_service
     from tests.support.procs import RedisServer, python_service
@@ -135,27 +146,36 @@ def run_gateway(work: Path) -> float:
         "IOTGW_LOG_LEVEL": "WARNING",
     }
     creds = [broker.add_device(f"bench-{i}") for i in range(DEVICES)]
-    ingest = mqtt_ingest_service(env, work).start()
+    replicas = int(os.environ.get("BENCH_MQTT_REPLICAS", "1"))
+    if replicas > 1:
+        env["IOTGW_MQTT_SHARE_GROUP"] = "bench"
+    ingests = [
+        mqtt_ingest_service(
+            {**env, "IOTGW_MQTT_CLIENT_ID": f"iotgw-ingest-{i}"}, work, f"ingest-mqtt-{i}"
+        ).start()
+        for i in range(replicas)
+    ]
     forwarder = python_service("iotgw_forwarder", "forwarder", work, env).start()
     procs: list[subprocess.Popen[bytes]] = []
     try:
         time.sleep(2.0)
         procs, go = _publishers(work, creds, broker.device_port)
         total = DEVICES * PER_DEVICE
-        started = time.perf_counter()
+        clock = Clock().start()
         go.touch()
         _wait(lambda: _outbox_lines(work / "outbox") >= total, "the outbox")
-        return total / (time.perf_counter() - started)
+        return clock.stop(total)
     finally:
         for p in procs:
             p.wait(30)
-        ingest.stop()
+        for one in ingests:
+            one.stop()
         forwarder.stop()
         broker.stop()
         redis.stop()
 
 
-def run_bridge(work: Path) -> float:
+def run_bridge(work: Path) -> tuple[float, float]:
     """Messages/s through the edge broker bridged at QoS 1 to a second broker."""
     import paho.mqtt.client as paho
 
@@ -202,11 +222,11 @@ def run_bridge(work: Path) -> float:
         creds = [broker.add_device(f"bench-{i}") for i in range(DEVICES)]
         time.sleep(1.0)
         procs, go = _publishers(work, creds, broker.device_port)
-        started = time.perf_counter()
+        clock = Clock().start()
         go.touch()
         if not got_all.wait(TIMEOUT_S):
             raise RuntimeError(f"bench: the far subscriber got {received[0]} of {total}")
-        return total / (time.perf_counter() - started)
+        return clock.stop(total)
     finally:
         for p in procs:
             p.wait(30)
@@ -215,15 +235,85 @@ def run_bridge(work: Path) -> float:
         far.stop()
 
 
+def receive_main(port: int, password: str, total: int, ready_file: str) -> None:
+    """The floor: the ingest's login and session on the edge broker, counting QoS 1 messages."""
+    import paho.mqtt.client as paho
+
+    received = [0]
+    got_all = threading.Event()
+
+    def on_message(client: Any, userdata: Any, msg: Any) -> None:
+        received[0] += 1
+        if received[0] >= total:
+            got_all.set()
+
+    sub = paho.Client(
+        paho.CallbackAPIVersion.VERSION2, client_id="bench-receive-only", clean_session=False
+    )
+    sub.username_pw_set("iotgw-ingest", password)
+    sub.on_message = on_message
+    sub.on_connect = lambda c, u, f, rc, p: c.subscribe("v1/#", qos=1)
+    sub.connect("127.0.0.1", port)
+    sub.loop_start()
+    Path(ready_file).touch()
+    if not got_all.wait(TIMEOUT_S):
+        raise SystemExit(f"bench: the receive-only subscriber got {received[0]} of {total}")
+    sub.loop_stop()
+
+
+def run_receive_only(work: Path) -> tuple[float, float]:
+    """Messages/s into one Python process that only receives, on the gateway's edge broker."""
+    from tests.support.mosquitto import MosquittoBroker
+
+    broker = MosquittoBroker(work / "broker", cert_listener=False).start()
+    total = DEVICES * PER_DEVICE
+    ready = work / "receiver-ready"
+    receiver = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.bench.bench_mqtt",
+            "receive",
+            str(broker.local_port),
+            broker.ingest_password,
+            str(total),
+            str(ready),
+        ],
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        creds = [broker.add_device(f"bench-{i}") for i in range(DEVICES)]
+        _wait(ready.exists, "the receive-only subscriber")
+        procs, go = _publishers(work, creds, broker.device_port)
+        clock = Clock().start()
+        go.touch()
+        if receiver.wait(TIMEOUT_S) != 0:
+            raise RuntimeError("bench: the receive-only subscriber failed")
+        return clock.stop(total)
+    finally:
+        for p in procs:
+            p.wait(30)
+        if receiver.poll() is None:
+            receiver.kill()
+        broker.stop()
+
+
 def run() -> dict[str, float]:
     """Both setups in one run; figures and the ratio."""
     with tempfile.TemporaryDirectory(prefix="bench-mqtt-") as tmp:
-        bridge = run_bridge(Path(tmp) / "bridge")
-        gateway = run_gateway(Path(tmp) / "gateway")
+        bridge, bridge_cpu = run_bridge(Path(tmp) / "bridge")
+        gateway, gateway_cpu = run_gateway(Path(tmp) / "gateway")
+        floor, floor_cpu = run_receive_only(Path(tmp) / "receive-only")
     figures = {
         "mqtt_bridge_msgs_per_s": round(bridge, 1),
         "mqtt_gateway_msgs_per_s": round(gateway, 1),
         "mqtt_gateway_vs_bridge_ratio": round(gateway / bridge, 3),
+        "mqtt_receive_only_msgs_per_s": round(floor, 1),
+        "mqtt_receive_only_vs_bridge_ratio": round(floor / bridge, 3),
+        "mqtt_bridge_machine_cpu_us_per_msg": round(bridge_cpu, 1),
+        "mqtt_gateway_machine_cpu_us_per_msg": round(gateway_cpu, 1),
+        "mqtt_receive_only_machine_cpu_us_per_msg": round(floor_cpu, 1),
     }
     for key, value in figures.items():
         print(f"{key}: {value}")
@@ -233,5 +323,7 @@ def run() -> dict[str, float]:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "publish":
         publish_main(sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "receive":
+        receive_main(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5])
     else:
         print(json.dumps(run()))
