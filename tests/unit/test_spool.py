@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -57,6 +58,48 @@ def test_duplicate_within_one_transaction(spool: Spool) -> None:
     results, totals = spool.append_batch([rec(1, seq=9), rec(2, seq=9)])
     assert [r.duplicate for r in results] == [False, True]
     assert results[1].id == results[0].id and totals.records == 1
+    assert results[1].rid == results[0].rid
+
+
+def test_mixed_batch_gets_contiguous_rids_and_exact_totals(spool: Spool) -> None:
+    (stored,), _ = spool.append_batch([rec(1, seq=1)])
+    batch = [rec(2, seq=2), rec(3, seq=1), rec(4), rec(5, seq=2), rec(6, seq=3, size=5)]
+    results, totals = spool.append_batch(batch)
+    assert [r.duplicate for r in results] == [False, True, False, True, False]
+    assert results[1].id == stored.id and results[1].rid == stored.rid
+    assert results[3].id == results[0].id and results[3].rid == results[0].rid
+    fresh = [results[i].rid for i in (0, 2, 4)]
+    assert fresh == list(range(stored.rid + 1, stored.rid + 4))
+    assert (totals.records, totals.bytes) == (4, 10 + 10 + 10 + 5)
+    assert spool.totals() == totals
+    assert [r.id for r in spool.load(fresh)] == ["id-d1-2", "id-d1-4", "id-d1-6"]
+
+
+def test_appends_connection_waits_for_another_writer_in_short_steps(spool: Spool) -> None:
+    appends = spool.appends_connection()
+    # SQLite's own busy handler (1, 2, 5, 10 ms sleeps) is off on it for good.
+    assert appends._conn.execute("PRAGMA busy_timeout").fetchone()[0] == 0
+    other = sqlite3.connect(spool.path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    timer = threading.Timer(0.3, other.execute, ("COMMIT",))
+    timer.start()
+    started = time.monotonic()
+    (result,), totals = appends.append_batch([rec(1, seq=1)])
+    waited = time.monotonic() - started
+    timer.join()
+    assert waited >= 0.25, "the append must have waited for the other writer's lock"
+    assert totals.records == 1 and spool.get(result.id) is not None
+
+
+def test_appends_connection_gives_up_after_the_busy_timeout(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.db", busy_timeout_ms=200)
+    appends = spool.appends_connection()
+    other = sqlite3.connect(spool.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    with pytest.raises(SpoolError, match="locked"):
+        appends.append_batch([rec(1)])
+    other.execute("ROLLBACK")
+    assert appends.append_batch([rec(2)])[1].records == 1
 
 
 def test_records_without_seq_are_never_duplicates(spool: Spool) -> None:
