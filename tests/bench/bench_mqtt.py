@@ -177,8 +177,6 @@ def run_gateway(work: Path) -> tuple[float, float]:
 
 def run_bridge(work: Path) -> tuple[float, float]:
     """Messages/s through the edge broker bridged at QoS 1 to a second broker."""
-    import paho.mqtt.client as paho
-
     from tests.support.mosquitto import MosquittoBroker
     from tests.support.procs import Managed, free_port, wait_port
 
@@ -202,21 +200,7 @@ def run_bridge(work: Path) -> tuple[float, float]:
         )
     broker.start()
     total = DEVICES * PER_DEVICE
-    received = [0]
-    got_all = threading.Event()
-
-    def on_message(client: Any, userdata: Any, msg: Any) -> None:
-        received[0] += 1
-        if received[0] >= total:
-            got_all.set()
-
-    sub = paho.Client(
-        paho.CallbackAPIVersion.VERSION2, client_id="bench-far-sub", clean_session=False
-    )
-    sub.on_message = on_message
-    sub.connect("127.0.0.1", far_port)
-    sub.subscribe("v1/#", qos=1)
-    sub.loop_start()
+    sub, received, got_all = _counting_subscriber("bench-far-sub", far_port, total)
     procs: list[subprocess.Popen[bytes]] = []
     try:
         creds = [broker.add_device(f"bench-{i}") for i in range(DEVICES)]
@@ -235,8 +219,10 @@ def run_bridge(work: Path) -> tuple[float, float]:
         far.stop()
 
 
-def receive_main(port: int, password: str, total: int, ready_file: str) -> None:
-    """The floor: the ingest's login and session on the edge broker, counting QoS 1 messages."""
+def _counting_subscriber(
+    client_id: str, port: int, total: int, login: tuple[str, str] | None = None
+) -> tuple[Any, list[int], threading.Event]:
+    """A paho QoS 1 subscriber to v1/# (persistent session) that only counts; started."""
     import paho.mqtt.client as paho
 
     received = [0]
@@ -247,17 +233,25 @@ def receive_main(port: int, password: str, total: int, ready_file: str) -> None:
         if received[0] >= total:
             got_all.set()
 
-    sub = paho.Client(
-        paho.CallbackAPIVersion.VERSION2, client_id="bench-receive-only", clean_session=False
-    )
-    sub.username_pw_set("iotgw-ingest", password)
+    sub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+    if login is not None:
+        sub.username_pw_set(*login)
     sub.on_message = on_message
-    sub.on_connect = lambda c, u, f, rc, p: c.subscribe("v1/#", qos=1)
     sub.connect("127.0.0.1", port)
+    sub.subscribe("v1/#", qos=1)
     sub.loop_start()
+    return sub, received, got_all
+
+
+def receive_main(port: int, password: str, total: int, ready_file: str) -> None:
+    """The floor: the ingest's login and session on the edge broker, counting QoS 1 messages."""
+    sub, received, got_all = _counting_subscriber(
+        "bench-receive-only", port, total, login=("iotgw-ingest", password)
+    )
     Path(ready_file).touch()
     if not got_all.wait(TIMEOUT_S):
         raise SystemExit(f"bench: the receive-only subscriber got {received[0]} of {total}")
+    Path(ready_file).with_suffix(".done").touch()  # the clock stops here, not at exit
     sub.loop_stop()
 
 
@@ -267,7 +261,7 @@ def run_receive_only(work: Path) -> tuple[float, float]:
 
     broker = MosquittoBroker(work / "broker", cert_listener=False).start()
     total = DEVICES * PER_DEVICE
-    ready = work / "receiver-ready"
+    ready = work / "receiver.ready"
     receiver = subprocess.Popen(
         [
             sys.executable,
@@ -288,9 +282,11 @@ def run_receive_only(work: Path) -> tuple[float, float]:
         procs, go = _publishers(work, creds, broker.device_port)
         clock = Clock().start()
         go.touch()
+        _wait(lambda: ready.with_suffix(".done").exists() or receiver.poll() is not None, "it")
+        figures = clock.stop(total)
         if receiver.wait(TIMEOUT_S) != 0:
             raise RuntimeError("bench: the receive-only subscriber failed")
-        return clock.stop(total)
+        return figures
     finally:
         for p in procs:
             p.wait(30)
