@@ -189,3 +189,18 @@ async def test_append_failure_reaches_every_sender(tmp_path: Path) -> None:
     await writer.stop()
     assert all(isinstance(o, SpoolError) and "disk says no" in str(o) for o in outcomes)
     assert spool.totals().records == 0
+
+
+def test_write_transaction_restores_the_busy_handler_and_rolls_back_on_any_error(
+    spool: Spool,
+) -> None:
+    (result,), _ = spool.append_batch([rec(1, seq=1)])
+    assert spool.mark_inflight([result.rid]) == 1
+    # Off only while the write lock was being taken; back on once the transaction ended.
+    assert spool._conn.execute("PRAGMA busy_timeout").fetchone()[0] == 30_000
+    with pytest.raises(RuntimeError), spool._lock, spool._write("test") as cur:
+        cur.execute("UPDATE records SET state=2 WHERE rid=?", (result.rid,))
+        raise RuntimeError("not an SQLite error")
+    assert not spool._conn.in_transaction
+    assert spool.load([result.rid])[0].state is State.INFLIGHT
+    assert spool._conn.execute("PRAGMA busy_timeout").fetchone()[0] == 30_000

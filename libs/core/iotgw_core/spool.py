@@ -15,12 +15,13 @@ answered only after that transaction committed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
@@ -230,29 +231,50 @@ class Spool:
         SQLite's own busy handler sleeps 1, 2, 5, 10, ... ms between tries; two
         processes sharing the file (ingest and forwarder) would make a sender
         wait those steps. Here the lock is retried every 0.2-2 ms, up to the
-        busy timeout. Must be called with ``self._lock`` held.
+        busy timeout, with the busy handler off; :meth:`_write` turns it back on
+        after the transaction (an appends-only connection keeps it off). Must be
+        called with ``self._lock`` held.
 
-        An appends-only connection keeps the busy handler off for good; others
-        switch it off around the wait. Each statement drops the GIL and has to
-        take it back from the busy event-loop thread, which cost the group
-        commit 1-5 ms per statement in `make bench`: the fewer, the better.
+        Every statement drops the GIL and has to take it back from a busy
+        event-loop thread, 1-5 ms under load (`make bench`), and a write
+        transaction holds the lock other processes wait for: the fewer
+        statements inside it, the better.
         """
         deadline = time.monotonic() + self._busy_timeout_s
         pause = 0.0002
         if not self._appends_only:
             self._conn.execute("PRAGMA busy_timeout=0")
+        while True:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 1.5, 0.002)
+
+    @contextlib.contextmanager
+    def _write(self, what: str) -> Iterator[sqlite3.Cursor]:
+        """One write transaction: ``BEGIN IMMEDIATE`` ... ``COMMIT``.
+
+        An SQLite error rolls back and becomes ``SpoolError("<what> failed: ...")``.
+        Must be entered with ``self._lock`` held.
+        """
         try:
-            while True:
-                try:
-                    self._conn.execute("BEGIN IMMEDIATE")
-                    return
-                except sqlite3.OperationalError as exc:
-                    if "locked" not in str(exc) or time.monotonic() >= deadline:
-                        raise
-                time.sleep(pause)
-                pause = min(pause * 1.5, 0.002)
+            self._begin_write()
+            yield self._conn.cursor()
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise SpoolError(f"{what} failed: {exc}") from exc
+        except BaseException:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise
         finally:
-            if not self._appends_only:
+            if not self._appends_only:  # outside the transaction: not while holding the lock
                 self._conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_s * 1000)}")
 
     def _migrate(self) -> None:
@@ -315,69 +337,59 @@ class Spool:
         results: list[AppendResult | None] = [None] * len(records)
         fresh: list[tuple[int, NewRecord]] = []  # (index in records, record) to insert
         added_bytes = 0
-        with self._lock:
-            cur = self._conn.cursor()
-            try:
-                self._begin_write()
-                known = self._stored_keys(cur, records)
-                first_of_key: dict[tuple[str, str, int | None], int] = {}
-                for index, rec in enumerate(records):
-                    key = (rec.tenant, rec.device_id, rec.seq)
-                    if rec.seq is not None:
-                        if key in known:
-                            results[index] = known[key]
-                            continue
-                        if key in first_of_key:  # a repeat later in this same batch
-                            continue
-                        first_of_key[key] = len(fresh)
-                    fresh.append((index, rec))
-                    added_bytes += len(rec.body)
-                # rids, the budget and the new totals in one statement: every
-                # statement here drops and re-takes the GIL (see _begin_write).
-                first_rid, records_total, bytes_total = cur.execute(
-                    "UPDATE totals SET records = records + ?, bytes = bytes + ?,"
-                    " next_rid = next_rid + ? RETURNING next_rid - ?, records, bytes",
-                    (len(fresh), added_bytes, len(fresh), len(fresh)),
-                ).fetchone()
-                first_rid = int(first_rid)
-                rows: list[tuple[object, ...]] = []
-                for offset, (index, rec) in enumerate(fresh):
-                    rid = first_rid + offset
-                    results[index] = AppendResult(rec.id, rid, False, State.ENQUEUED)
-                    rows.append(
-                        (
-                            rid,
-                            rec.id,
-                            rec.tenant,
-                            rec.device_id,
-                            rec.seq,
-                            now,
-                            now,
-                            rec.traceparent,
-                            len(rec.body),
-                            rec.body,
-                        )
+        with self._lock, self._write("append") as cur:
+            known = self._stored_keys(cur, records)
+            first_of_key: dict[tuple[str, str, int | None], int] = {}
+            for index, rec in enumerate(records):
+                key = (rec.tenant, rec.device_id, rec.seq)
+                if rec.seq is not None:
+                    if key in known:
+                        results[index] = known[key]
+                        continue
+                    if key in first_of_key:  # a repeat later in this same batch
+                        continue
+                    first_of_key[key] = len(fresh)
+                fresh.append((index, rec))
+                added_bytes += len(rec.body)
+            # rids, the budget and the new totals in one statement: every
+            # statement here drops and re-takes the GIL (see _begin_write).
+            first_rid, records_total, bytes_total = cur.execute(
+                "UPDATE totals SET records = records + ?, bytes = bytes + ?,"
+                " next_rid = next_rid + ? RETURNING next_rid - ?, records, bytes",
+                (len(fresh), added_bytes, len(fresh), len(fresh)),
+            ).fetchone()
+            first_rid = int(first_rid)
+            rows: list[tuple[object, ...]] = []
+            for offset, (index, rec) in enumerate(fresh):
+                rid = first_rid + offset
+                results[index] = AppendResult(rec.id, rid, False, State.ENQUEUED)
+                rows.append(
+                    (
+                        rid,
+                        rec.id,
+                        rec.tenant,
+                        rec.device_id,
+                        rec.seq,
+                        now,
+                        now,
+                        rec.traceparent,
+                        len(rec.body),
+                        rec.body,
                     )
-                for index, rec in enumerate(records):
-                    if results[index] is None:  # the in-batch repeat of a key
-                        first = results[
-                            fresh[first_of_key[(rec.tenant, rec.device_id, rec.seq)]][0]
-                        ]
-                        assert first is not None
-                        results[index] = AppendResult(first.id, first.rid, True, State.ENQUEUED)
-                # One multi-row statement per chunk: executemany would step (and drop
-                # and re-take the GIL) once per row.
-                for start in range(0, len(rows), _ROWS_PER_INSERT):
-                    chunk = rows[start : start + _ROWS_PER_INSERT]
-                    cur.execute(
-                        _INSERT_PREFIX + ",".join([_INSERT_ROW] * len(chunk)),
-                        [value for row in chunk for value in row],
-                    )
-                cur.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise SpoolError(f"append failed: {exc}") from exc
+                )
+            for index, rec in enumerate(records):
+                if results[index] is None:  # the in-batch repeat of a key
+                    first = results[fresh[first_of_key[(rec.tenant, rec.device_id, rec.seq)]][0]]
+                    assert first is not None
+                    results[index] = AppendResult(first.id, first.rid, True, State.ENQUEUED)
+            # One multi-row statement per chunk: executemany would step (and drop
+            # and re-take the GIL) once per row.
+            for start in range(0, len(rows), _ROWS_PER_INSERT):
+                chunk = rows[start : start + _ROWS_PER_INSERT]
+                cur.execute(
+                    _INSERT_PREFIX + ",".join([_INSERT_ROW] * len(chunk)),
+                    [value for row in chunk for value in row],
+                )
         return [r for r in results if r is not None], Totals(int(records_total), int(bytes_total))
 
     @staticmethod
@@ -489,18 +501,10 @@ class Spool:
 
     def _update(self, sql: str, params: Sequence[object], rids: Sequence[int]) -> int:
         changed = 0
-        with self._lock:
-            try:
-                self._begin_write()
-                for chunk in _chunks(rids):
-                    marks = ",".join("?" * len(chunk))
-                    cur = self._conn.execute(sql.format(marks=marks), (*params, *chunk))
-                    changed += cur.rowcount
-                self._conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise SpoolError(f"update failed: {exc}") from exc
+        with self._lock, self._write("update") as cur:
+            for chunk in _chunks(rids):
+                marks = ",".join("?" * len(chunk))
+                changed += cur.execute(sql.format(marks=marks), (*params, *chunk)).rowcount
         return changed
 
     def mark_inflight(self, rids: Sequence[int]) -> int:
@@ -575,18 +579,11 @@ class Spool:
         )
 
     def _delete_acked(self, select: str, params: tuple[object, ...]) -> int:
-        with self._lock:
-            try:
-                self._begin_write()
-                cur = self._conn.execute(
-                    f"DELETE FROM records WHERE state=2 AND rid IN ({select})", params
-                )
-                self._conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise SpoolError(f"prune failed: {exc}") from exc
-        return cur.rowcount
+        with self._lock, self._write("prune") as cur:
+            deleted = cur.execute(
+                f"DELETE FROM records WHERE state=2 AND rid IN ({select})", params
+            ).rowcount
+        return deleted
 
     # -- dead letters and operations (admin API) -------------------------------------------
 
@@ -652,27 +649,20 @@ class Spool:
         if flt.ids is not None and len(flt.ids) > _CHUNK:
             raise SpoolError(f"at most {_CHUNK} ids at once")
         where, params = self._dead_where(flt)
-        with self._lock:
-            try:
-                self._begin_write()
-                rows = self._conn.execute(
-                    f"SELECT {_RECORD_COLUMNS} FROM records WHERE {where} ORDER BY rid LIMIT ?",
-                    (*params, limit),
-                ).fetchall()
-                rids = [int(r[0]) for r in rows]
-                now = time.time()
-                for chunk in _chunks(rids):
-                    marks = ",".join("?" * len(chunk))
-                    self._conn.execute(
-                        "UPDATE records SET state=0, attempts=0, last_error=NULL, updated_at=?"
-                        f" WHERE state=3 AND rid IN ({marks})",
-                        (now, *chunk),
-                    )
-                self._conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise SpoolError(f"replay failed: {exc}") from exc
+        with self._lock, self._write("replay") as cur:
+            rows = cur.execute(
+                f"SELECT {_RECORD_COLUMNS} FROM records WHERE {where} ORDER BY rid LIMIT ?",
+                (*params, limit),
+            ).fetchall()
+            rids = [int(r[0]) for r in rows]
+            now = time.time()
+            for chunk in _chunks(rids):
+                marks = ",".join("?" * len(chunk))
+                cur.execute(
+                    "UPDATE records SET state=0, attempts=0, last_error=NULL, updated_at=?"
+                    f" WHERE state=3 AND rid IN ({marks})",
+                    (now, *chunk),
+                )
         out = []
         for row in rows:
             rec = _row_to_record(row)
@@ -698,20 +688,13 @@ class Spool:
         if flt.ids is not None and len(flt.ids) > _CHUNK:
             raise SpoolError(f"at most {_CHUNK} ids at once")
         where, params = self._dead_where(flt)
-        with self._lock:
-            try:
-                self._begin_write()
-                cur = self._conn.execute(
-                    "DELETE FROM records WHERE state=3 AND rid IN"
-                    f" (SELECT rid FROM records WHERE {where} ORDER BY rid LIMIT ?)",
-                    (*params, limit),
-                )
-                self._conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise SpoolError(f"purge failed: {exc}") from exc
-        return cur.rowcount
+        with self._lock, self._write("purge") as cur:
+            purged = cur.execute(
+                "DELETE FROM records WHERE state=3 AND rid IN"
+                f" (SELECT rid FROM records WHERE {where} ORDER BY rid LIMIT ?)",
+                (*params, limit),
+            ).rowcount
+        return purged
 
     def summary(self) -> dict[str, object]:
         """Counts by state, bytes, the oldest pending and Dead ages, Dead by reason code."""
