@@ -164,6 +164,9 @@ async def test_group_commit_shares_transactions_and_answers_after_commit(spool: 
     committed: list[int] = []
     writer = SpoolWriter(spool, max_batch=256, on_commit=lambda r, res, t: committed.append(len(r)))
     writer.start()
+    # The acknowledgement promise rests on the writer's own connection: FULL sync.
+    assert writer._appends is not None
+    assert writer._appends._conn.execute("PRAGMA synchronous").fetchone()[0] == 2
     results = await asyncio.gather(*(writer.append(rec(i, seq=i)) for i in range(1000)))
     await writer.stop()
     assert len({r.rid for r in results}) == 1000

@@ -265,13 +265,11 @@ class Spool:
             self._begin_write()
             yield self._conn.cursor()
             self._conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except BaseException as exc:
             if self._conn.in_transaction:
                 self._conn.execute("ROLLBACK")
-            raise SpoolError(f"{what} failed: {exc}") from exc
-        except BaseException:
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise SpoolError(f"{what} failed: {exc}") from exc
             raise
         finally:
             if not self._appends_only:  # outside the transaction: not while holding the lock
@@ -336,6 +334,7 @@ class Spool:
         now = time.time()
         results: list[AppendResult | None] = [None] * len(records)
         fresh: list[tuple[int, NewRecord]] = []  # (index in records, record) to insert
+        repeats: list[tuple[int, int]] = []  # (index in records, its key's position in fresh)
         added_bytes = 0
         with self._lock, self._write("append") as cur:
             known = self._stored_keys(cur, records)
@@ -347,6 +346,7 @@ class Spool:
                         results[index] = known[key]
                         continue
                     if key in first_of_key:  # a repeat later in this same batch
+                        repeats.append((index, first_of_key[key]))
                         continue
                     first_of_key[key] = len(fresh)
                 fresh.append((index, rec))
@@ -377,11 +377,9 @@ class Spool:
                         rec.body,
                     )
                 )
-            for index, rec in enumerate(records):
-                if results[index] is None:  # the in-batch repeat of a key
-                    first = results[fresh[first_of_key[(rec.tenant, rec.device_id, rec.seq)]][0]]
-                    assert first is not None
-                    results[index] = AppendResult(first.id, first.rid, True, State.ENQUEUED)
+            for index, position in repeats:
+                rec = fresh[position][1]
+                results[index] = AppendResult(rec.id, first_rid + position, True, State.ENQUEUED)
             # One multi-row statement per chunk: executemany would step (and drop
             # and re-take the GIL) once per row.
             for start in range(0, len(rows), _ROWS_PER_INSERT):
