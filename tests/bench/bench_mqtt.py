@@ -161,10 +161,20 @@ def run_gateway(work: Path) -> tuple[float, float]:
         time.sleep(2.0)
         procs, go = _publishers(work, creds, broker.device_port)
         total = DEVICES * PER_DEVICE
-        clock = Clock().start()
+        clock = Clock(
+            {
+                **{f"ingest-{i}": one.pid for i, one in enumerate(ingests)},
+                "forwarder": forwarder.pid,
+                "redis": redis.managed.pid,
+                "edge-broker": broker.managed.pid,
+                **_publisher_pids(procs),
+            }
+        ).start()
         go.touch()
         _wait(lambda: _outbox_lines(work / "outbox") >= total, "the outbox")
-        return clock.stop(total)
+        figures = clock.stop(total)
+        _print_per_process("gateway", clock)
+        return figures
     finally:
         for p in procs:
             p.wait(30)
@@ -206,17 +216,36 @@ def run_bridge(work: Path) -> tuple[float, float]:
         creds = [broker.add_device(f"bench-{i}") for i in range(DEVICES)]
         time.sleep(1.0)
         procs, go = _publishers(work, creds, broker.device_port)
-        clock = Clock().start()
+        clock = Clock(
+            {
+                "edge-broker": broker.managed.pid,
+                "far-broker": far.pid,
+                "subscriber (this process)": os.getpid(),
+                **_publisher_pids(procs),
+            }
+        ).start()
         go.touch()
         if not got_all.wait(TIMEOUT_S):
             raise RuntimeError(f"bench: the far subscriber got {received[0]} of {total}")
-        return clock.stop(total)
+        figures = clock.stop(total)
+        _print_per_process("bridge", clock)
+        return figures
     finally:
         for p in procs:
             p.wait(30)
         sub.loop_stop()
         broker.stop()
         far.stop()
+
+
+def _publisher_pids(procs: list[subprocess.Popen[bytes]]) -> dict[str, int]:
+    return {f"publisher-{i}": p.pid for i, p in enumerate(procs)}
+
+
+def _print_per_process(run: str, clock: Clock) -> None:
+    """Where the CPU of a run went: microseconds per message of each process."""
+    parts = ", ".join(f"{name} {us:g}" for name, us in clock.per_process.items())
+    print(f"{run}: CPU µs per message by process: {parts}", flush=True)
 
 
 def _counting_subscriber(

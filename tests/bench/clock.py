@@ -19,18 +19,40 @@ def machine_busy_s() -> float:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-class Clock:
-    """Wall time and whole-machine CPU time between :meth:`start` and :meth:`stop`."""
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a process has spent; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def __init__(self) -> None:
+
+class Clock:
+    """Wall time and whole-machine CPU time between :meth:`start` and :meth:`stop`.
+
+    ``processes`` (name -> pid): their CPU time is also taken, for :attr:`per_process`
+    (CPU microseconds per unit of ``count`` of each; read it after :meth:`stop`).
+    """
+
+    def __init__(self, processes: dict[str, int] | None = None) -> None:
         self.t0 = self.cpu0 = 0.0
+        self.processes = dict(processes or {})
+        self._proc0: dict[str, float] = {}
+        self.per_process: dict[str, float] = {}
 
     def start(self) -> Clock:
         """Start (or restart) the clock."""
+        self._proc0 = {name: process_cpu_s(pid) for name, pid in self.processes.items()}
         self.t0, self.cpu0 = time.perf_counter(), machine_busy_s()
         return self
 
     def stop(self, count: float) -> tuple[float, float]:
         """``count`` per second and the machine's CPU microseconds per unit of ``count``."""
         wall, cpu = time.perf_counter() - self.t0, machine_busy_s() - self.cpu0
-        return count / wall, cpu / max(count, 1) * 1e6
+        n = max(count, 1)
+        self.per_process = {
+            name: round((process_cpu_s(pid) - self._proc0[name]) / n * 1e6, 1)
+            for name, pid in self.processes.items()
+        }
+        return count / wall, cpu / n * 1e6
