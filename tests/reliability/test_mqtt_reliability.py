@@ -38,7 +38,7 @@ def forwarder(env: dict[str, str], log_dir: Path) -> Managed:
 def test_killed_between_receipt_and_commit_the_broker_delivers_again(
     broker: MosquittoBroker, mqtt_env: dict[str, str], tmp_path: Path
 ) -> None:
-    env = {**mqtt_env, "IOTGW_LOG_LEVEL": "DEBUG"}  # paho logs each PUBLISH it receives
+    env = {**mqtt_env, "IOTGW_LOG_LEVEL": "DEBUG"}  # the connection logs each PUBLISH and PUBACK
     creds = broker.add_device("d-crash")
     ingest = start_ingest(env, tmp_path, "ingest-1")
     # Hold the spool's write lock: the ingest receives the message but cannot commit it.

@@ -84,10 +84,6 @@ def main() -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level, "ingest-mqtt")
-    # paho's packet log (via aiomqtt's "mqtt" logger): each PUBLISH, PUBACK, with its flags.
-    logging.getLogger("mqtt").setLevel(
-        logging.DEBUG if settings.log_level == "DEBUG" else logging.WARNING
-    )
     telemetry.setup("ingest-mqtt")  # traces only when IOTGW_OTLP_ENDPOINT is set
     if settings.mqtt_metrics_port:
         start_http_server(settings.mqtt_metrics_port, addr=settings.mqtt_metrics_host)

@@ -9,24 +9,20 @@ its persistence after a restart but not a shared one: messages published
 between the broker's restart and the ingest's re-subscription would be lost,
 which is why one replica uses the plain subscription (docs/mqtt.md).
 
-**PUBACK after commit.** aiomqtt 2.5 acknowledges nothing itself: paho-mqtt
-sends the PUBACK as soon as its ``on_message`` returns unless the paho client
-is in manual-ack mode. aiomqtt 2.5 does not expose that mode, so the bridge
-turns it on on the wrapped paho client (``client._client.manual_ack_set``)
-before connecting and calls ``client._client.ack(mid, qos)`` once the batch's
-spool transaction has committed (or its quarantine entries are written). A
-crash between receipt and commit leaves the message unacknowledged and the
-broker delivers it again to the session.
+**PUBACK after commit.** The connection (:mod:`.wire`, a lean MQTT v5
+subscriber) acknowledges nothing by itself: the bridge sends the PUBACKs of a
+batch once its spool transaction has committed (or its quarantine entries are
+written). A crash between receipt and commit leaves the message
+unacknowledged and the broker delivers it again to the session.
 
 **Backpressure.** While the spool is over its high-water mark (or the service
 drains), the bridge stops taking messages from the client's queue; with no
 PUBACKs the broker stops at the Receive Maximum in flight and queues the rest
 for the session. Reading resumes below the low-water mark.
 
-**Reconnect loop.** aiomqtt's documented loop: ``async with client`` inside
-``while True``, ``except MqttError``: wait, with a doubling delay. A new Client
-per connection: messages still queued from a dead connection carry packet ids
-of that connection and must not be acknowledged on the next one.
+**Reconnect loop.** A new connection each time, with a doubling delay:
+messages received on a dead connection carry packet ids of that connection
+and are never acknowledged on the next one (the broker redelivers them).
 """
 
 from __future__ import annotations
@@ -34,12 +30,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, cast
 
-import aiomqtt
-import paho.mqtt.client as paho
 from iotgw_core import metrics
 from iotgw_core.envelope import RECORD_CLASSES, RecordClass
 from iotgw_core.ingest import IngestPipeline
@@ -54,8 +49,8 @@ from iotgw_core.validation import (
     decode_json,
     validate_reading,
 )
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+
+from . import wire
 
 log = logging.getLogger(__name__)
 SOURCE: Final = "mqtt"
@@ -71,15 +66,13 @@ class Accepted:
     record_class: RecordClass
 
 
-def user_properties(message: aiomqtt.Message) -> dict[str, str]:
+def user_properties(message: wire.Publish) -> dict[str, str]:
     """MQTT v5 user properties of a message (the last value of a repeated name)."""
-    props = message.properties
-    pairs = getattr(props, "UserProperty", None) if props is not None else None
-    return {str(k): str(v) for k, v in (pairs or [])}
+    return dict(message.user_properties) if message.user_properties else {}
 
 
 def classify(
-    message: aiomqtt.Message,
+    message: wire.Publish,
     registry: Registry,
     pipeline: IngestPipeline,
     *,
@@ -87,10 +80,7 @@ def classify(
     client_id: str,
 ) -> Accepted | QuarantineEntry:
     """Check topic, registry and payload; a record to commit or a quarantine entry."""
-    topic = message.topic.value
-    payload = message.payload if isinstance(message.payload, bytes) else b""
-    if not isinstance(message.payload, bytes | bytearray):
-        payload = str(message.payload).encode()
+    topic, payload = message.topic, message.payload
 
     def reject(reason: str, text: str) -> QuarantineEntry:
         return QuarantineEntry.of(topic, reason, text, payload, client_id=client_id)
@@ -192,48 +182,44 @@ class Bridge:
         self._failed: BaseException | None = None
         self.connected = asyncio.Event()
 
-    def _client(self) -> aiomqtt.Client:
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = self.session_expiry_s
-        props.ReceiveMaximum = self.receive_maximum
-        client = aiomqtt.Client(
+    async def _connect(self) -> wire.Connection:
+        return await wire.open_connection(
             self.host,
             self.port,
+            client_id=self.client_id,
             username=self.username or None,
             password=self.password or None,
-            identifier=self.client_id,
-            protocol=aiomqtt.ProtocolVersion.V5,
+            keepalive_s=self.keepalive_s,
             clean_start=False,  # keep the session (subscription, queue) across restarts
-            properties=props,
-            keepalive=self.keepalive_s,
-            timeout=10,
+            session_expiry_s=self.session_expiry_s,
+            receive_maximum=self.receive_maximum,
+            max_queued=max(self.receive_maximum, self.max_batch) * 2,
+            timeout_s=10.0,
         )
-        # aiomqtt 2.5 has no public switch for this: see the module docstring.
-        client._client.manual_ack_set(True)
-        return client
 
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, consume, reconnect with a doubling delay, until ``stop`` is set."""
         delay = self.reconnect_min_s
         while not stop.is_set():
-            client = self._client()
+            conn: wire.Connection | None = None
             try:
-                async with client:
-                    metrics.MQTT_CONNECTS.inc()
-                    metrics.MQTT_CONNECTED.set(1)
-                    log.info(
-                        "connected to %s:%d as %s; subscribing %s",
-                        self.host,
-                        self.port,
-                        self.client_id,
-                        self.subscription,
-                    )
-                    await client.subscribe(self.subscription, qos=1)
-                    self.connected.set()
-                    delay = self.reconnect_min_s
-                    await self._consume(client, stop)
-                    await self._settle()
-            except aiomqtt.MqttError as exc:
+                conn = await self._connect()
+                metrics.MQTT_CONNECTS.inc()
+                metrics.MQTT_CONNECTED.set(1)
+                log.info(
+                    "connected to %s:%d as %s (session present: %s); subscribing %s",
+                    self.host,
+                    self.port,
+                    self.client_id,
+                    conn.session_present,
+                    self.subscription,
+                )
+                await conn.subscribe(self.subscription, qos=1)
+                self.connected.set()
+                delay = self.reconnect_min_s
+                await self._consume(conn, stop)
+                await self._settle()
+            except wire.MqttError as exc:
                 log.warning("MQTT connection lost: %s; reconnecting in %.1fs", exc, delay)
             except _BatchFailed as exc:
                 log.error("committing a batch failed (%s); reconnecting in %.1fs", exc, delay)
@@ -241,6 +227,8 @@ class Bridge:
                 self.connected.clear()
                 metrics.MQTT_CONNECTED.set(0)
                 await self._settle()
+                if conn is not None:
+                    await conn.close()
             if stop.is_set():
                 break
             with contextlib.suppress(TimeoutError):
@@ -267,9 +255,7 @@ class Bridge:
         if not stop.is_set():
             log.info("taking MQTT messages again")
 
-    async def _consume(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
-        queue = client._queue  # aiomqtt 2.5 has no batch read: drain what is there
-        messages = client.messages
+    async def _consume(self, conn: wire.Connection, stop: asyncio.Event) -> None:
         stopped = asyncio.ensure_future(stop.wait())
         try:
             while not stop.is_set():
@@ -278,25 +264,28 @@ class Bridge:
                 await self._admitted(stop)
                 if stop.is_set():
                     return
-                nxt = asyncio.ensure_future(anext(messages))
-                done, _ = await asyncio.wait({nxt, stopped}, return_when=asyncio.FIRST_COMPLETED)
-                if nxt not in done:
-                    nxt.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                        await nxt
-                    return
-                batch = [nxt.result()]
-                while len(batch) < self.max_batch and not queue.empty():
-                    batch.append(queue.get_nowait())
+                if conn.pending:  # no wait: take what has arrived
+                    batch = await conn.batch(self.max_batch)
+                else:
+                    nxt = asyncio.ensure_future(conn.batch(self.max_batch))
+                    done, _ = await asyncio.wait(
+                        {nxt, stopped}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    if nxt not in done:
+                        nxt.cancel()
+                        with contextlib.suppress(asyncio.CancelledError, wire.MqttError):
+                            await nxt
+                        return
+                    batch = nxt.result()
                 await self._slots.acquire()
-                task = asyncio.create_task(self._handle(client, batch))
+                task = asyncio.create_task(self._handle(conn, batch))
                 self._batches.add(task)
                 task.add_done_callback(self._batches.discard)
         finally:
             stopped.cancel()
 
     def _classify(
-        self, batch: Sequence[aiomqtt.Message], registry: Registry
+        self, batch: Sequence[wire.Publish], registry: Registry
     ) -> tuple[list[Accepted], list[QuarantineEntry]]:
         accepted: list[Accepted] = []
         rejected: list[QuarantineEntry] = []
@@ -314,7 +303,7 @@ class Bridge:
                 rejected.append(outcome)
         return accepted, rejected
 
-    async def _handle(self, client: aiomqtt.Client, batch: Sequence[aiomqtt.Message]) -> None:
+    async def _handle(self, conn: wire.Connection, batch: Sequence[wire.Publish]) -> None:
         try:
             metrics.EVENTS_RECEIVED.labels(SOURCE).inc(len(batch))
             accepted, rejected = self._classify(batch, self.registry.current())
@@ -329,16 +318,17 @@ class Bridge:
                     log.info("quarantined %s: %s (%s)", entry.topic, entry.reason, entry.message)
             if accepted:
                 results = await self.pipeline.submit([a.record for a in accepted])
-                for acc, res in zip(accepted, results, strict=True):
-                    if res.duplicate:
-                        metrics.EVENTS_DUPLICATE.labels(SOURCE).inc()
+                counts: Counter[str | None] = Counter(
+                    None if res.duplicate else acc.record_class
+                    for acc, res in zip(accepted, results, strict=True)
+                )
+                for record_class, n in counts.items():
+                    if record_class is None:
+                        metrics.EVENTS_DUPLICATE.labels(SOURCE).inc(n)
                     else:
-                        metrics.EVENTS_ACCEPTED.labels(SOURCE, acc.record_class).inc()
+                        metrics.EVENTS_ACCEPTED.labels(SOURCE, record_class).inc(n)
             # Durable (or quarantined): now, and only now, the broker may forget them.
-            paho_client: paho.Client = client._client
-            for message in batch:
-                if message.qos > 0:
-                    paho_client.ack(message.mid, message.qos)
+            conn.ack([m.packet_id for m in batch if m.qos])
         except (SpoolError, OSError) as exc:
             # Not acknowledged: the broker delivers these again after the reconnect.
             self._failed = exc
