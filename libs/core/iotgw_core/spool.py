@@ -27,6 +27,8 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Literal
 
+import msgspec
+
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 2
 _CHUNK = 500  # bound on SQL parameters per statement
@@ -99,8 +101,7 @@ class SpoolError(Exception):
     """The spool could not do what was asked (disk full, I/O error, locked too long)."""
 
 
-@dataclass(frozen=True, slots=True)
-class NewRecord:
+class NewRecord(msgspec.Struct, frozen=True):
     """A record to append: its envelope already serialized."""
 
     id: str
@@ -111,8 +112,7 @@ class NewRecord:
     traceparent: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class AppendResult:
+class AppendResult(msgspec.Struct, frozen=True):
     """Outcome of one append. For a duplicate, ``id``/``rid`` are the original record's."""
 
     id: str

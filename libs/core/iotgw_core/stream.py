@@ -12,7 +12,6 @@ after Redis restarted empty.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -24,8 +23,7 @@ _encode = msgspec.json.Encoder().encode
 _decode_records = msgspec.json.Decoder(list[tuple[int, str, str, str, str]]).decode
 
 
-@dataclass(frozen=True, slots=True)
-class StreamEntry:
+class StreamEntry(msgspec.Struct, frozen=True):
     """One record named by a stream entry (several records may share ``entry_id``)."""
 
     rid: int

@@ -10,7 +10,6 @@ import json
 import math
 import re
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,8 +35,7 @@ class ValidationFailure(Exception):
         self.message = message
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
+class Reading(msgspec.Struct, frozen=True):
     """A validated reading, ready to be wrapped in an envelope."""
 
     ts: str | None

@@ -32,9 +32,9 @@ import contextlib
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Final, cast
 
+import msgspec
 from iotgw_core import metrics
 from iotgw_core.envelope import RECORD_CLASSES, RecordClass
 from iotgw_core.ingest import IngestPipeline
@@ -58,8 +58,7 @@ SOURCE: Final = "mqtt"
 REGISTRY_REASONS = frozenset({"unknown_device", "tenant_mismatch", "site_mismatch"})
 
 
-@dataclass(frozen=True, slots=True)
-class Accepted:
+class Accepted(msgspec.Struct, frozen=True):
     """A message that becomes a record."""
 
     record: NewRecord
