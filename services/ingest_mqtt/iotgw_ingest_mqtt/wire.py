@@ -52,6 +52,7 @@ PINGREQ: Final = 12
 PINGRESP: Final = 13
 DISCONNECT: Final = 14
 
+_PUBACK_HEADER: Final = 0x4002 << 16  # PUBACK, remaining length 2 (reason: success)
 PINGREQ_PACKET: Final = b"\xc0\x00"
 DISCONNECT_NORMAL: Final = b"\xe0\x00"  # reason 0x00: the session stays (expiry from CONNECT)
 
@@ -162,7 +163,8 @@ def subscribe_packet(packet_id: int, topic_filter: str, qos: int) -> bytes:
 
 def puback_packets(packet_ids: Iterable[int]) -> bytes:
     """PUBACKs (reason: success) for these packet ids, as one buffer."""
-    return b"".join(b"\x40\x02" + pid.to_bytes(2, "big") for pid in packet_ids)
+    ids = [_PUBACK_HEADER | pid for pid in packet_ids]  # 0x40 0x02 + the 16-bit id
+    return struct.pack(f">{len(ids)}I", *ids)
 
 
 def _varint(buf: bytes | bytearray, pos: int, end: int) -> tuple[int, int]:
