@@ -54,9 +54,18 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def wrk(url: str, script: Path, duration_s: int) -> dict[str, float]:
-    """Run wrk; parse requests/s, p50, p99, non-2xx answers; machine CPU per request."""
-    clock = Clock().start()
+def wrk(
+    url: str,
+    script: Path,
+    duration_s: int,
+    processes: dict[str, int] | None = None,
+    label: str = "",
+) -> dict[str, float]:
+    """Run wrk; parse requests/s, p50, p99, non-2xx answers; machine CPU per request.
+
+    ``processes`` (name -> pid): their CPU per request is printed too.
+    """
+    clock = Clock(processes).start()
     out = subprocess.run(
         ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{duration_s}s", "--latency", "-s", str(script), url],
         capture_output=True,
@@ -66,8 +75,12 @@ def wrk(url: str, script: Path, duration_s: int) -> dict[str, float]:
     ).stdout
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     requests = float(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    cpu_us = clock.stop(requests)[1]
+    if clock.per_process:
+        parts = ", ".join(f"{name} {us:g}" for name, us in clock.per_process.items())
+        print(f"{label or script.stem}: CPU µs per request by process: {parts}", flush=True)
     return {
-        "cpu_us": clock.stop(requests)[1],
+        "cpu_us": cpu_us,
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
         "p50_ms": _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1)),  # type: ignore[union-attr]
         "p99_ms": _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1)),  # type: ignore[union-attr]
@@ -102,16 +115,23 @@ def run() -> dict[str, float]:
             (work / "ingest.lua").write_text(LUA_INGEST)
             (work / "noop.lua").write_text(LUA_NOOP)
             wrk(base + "/bench/noop", work / "noop.lua", WARMUP_S)
-            noop = wrk(base + "/bench/noop", work / "noop.lua", DURATION_S)
+            server = {"ingest-http": ingest.pid, "redis": redis.managed.pid}
+            noop = wrk(base + "/bench/noop", work / "noop.lua", DURATION_S, server)
             # The uplink down: records only pile up in the spool (the forwarder is off).
-            alone = wrk(base, work / "ingest.lua", DURATION_S)
+            alone = wrk(base, work / "ingest.lua", DURATION_S, server)
             forwarder.start()
             wait_until(
                 lambda: len(outbox_records(work / "outbox")) >= alone["requests"], 300, "backlog"
             )
             # The uplink up: the forwarder drains into the file sink while ingest runs.
             (work / "ingest.lua").write_text(LUA_INGEST.replace("counter = 0", "counter = 1e9"))
-            durable = wrk(base, work / "ingest.lua", DURATION_S)
+            durable = wrk(
+                base,
+                work / "ingest.lua",
+                DURATION_S,
+                {**server, "forwarder": forwarder.pid},
+                "ingest + forwarder",
+            )
             accepted = alone["requests"] + durable["requests"] - durable["non_2xx"]
             started = time.monotonic()
             wait_until(
@@ -121,7 +141,7 @@ def run() -> dict[str, float]:
             # The floor, with the uplink down again as for "ingest alone".
             forwarder.stop()
             (work / "commit.lua").write_text(LUA_COMMIT)
-            floor = wrk(base + "/bench/commit", work / "commit.lua", DURATION_S)
+            floor = wrk(base + "/bench/commit", work / "commit.lua", DURATION_S, server)
         finally:
             ingest.stop()
             forwarder.stop()
