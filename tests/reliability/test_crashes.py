@@ -22,9 +22,31 @@ def outbox_seqs(stack: Stack, device: str) -> Counter[int]:
     return Counter(r["seq"] for r in stack.records() if r["device_id"] == device)
 
 
+def children(pid: int) -> list[int]:
+    """Process ids whose parent is ``pid`` (the ingest's spool writer process)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def test_kill_9_ingest_under_load_loses_no_acknowledged_record(stack: Stack) -> None:
     """10,000 readings; the ingest is killed -9 mid-way and started again."""
     killed = threading.Event()
+    writers: list[int] = []
 
     def on_ack(acked: int) -> None:
         if acked == 3000 and not killed.is_set():
@@ -32,6 +54,7 @@ def test_kill_9_ingest_under_load_loses_no_acknowledged_record(stack: Stack) -> 
             threading.Thread(target=crash_and_restart, daemon=True).start()
 
     def crash_and_restart() -> None:
+        writers.extend(children(stack.ingest.pid))  # its spool writer process
         stack.ingest.kill9()
         time.sleep(1.0)
         stack.start_ingest()
@@ -40,6 +63,9 @@ def test_kill_9_ingest_under_load_loses_no_acknowledged_record(stack: Stack) -> 
         send_readings(stack.base_url, 10_000, device="dev-a", on_ack=on_ack, time_limit_s=150)
     )
     assert killed.is_set()
+    assert writers, "the ingest commits in a spool writer process"
+    # The killed ingest's spool writer saw its socket close and exited.
+    wait_until(lambda: not any(alive(p) for p in writers), 10, "the orphaned writer to exit")
     assert result.failed > 0, "the client must have seen the crash"
     assert len(result.acked) > 5000
     wait_until(

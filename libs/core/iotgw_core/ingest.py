@@ -26,6 +26,7 @@ from .envelope import Envelope, GatewayInfo, RecordClass, Source, TraceContext, 
 from .ids import uuid7_str
 from .settings import CommonSettings
 from .spool import AppendResult, NewRecord, Spool, SpoolWriter, State, Totals
+from .spool_process import ProcessSpoolWriter
 from .stream import RecordStream, StreamEntry, connect
 from .validation import Reading, utc_now
 
@@ -90,7 +91,10 @@ class IngestPipeline:
         self.ack_mode = ack_mode
         self.gateway = GatewayInfo(id=settings.gateway_id)
         self.spool = Spool(settings.spool_path, synchronous="FULL")
-        self.writer = SpoolWriter(self.spool, max_batch=commit_max_batch, on_commit=self._on_commit)
+        writer = ProcessSpoolWriter if settings.spool_writer == "process" else SpoolWriter
+        self.writer: SpoolWriter | ProcessSpoolWriter = writer(
+            self.spool, max_batch=commit_max_batch, on_commit=self._on_commit
+        )
         self.redis = connect(settings.redis_url)
         self.stream = RecordStream(self.redis, settings.stream_key, settings.stream_group)
         self.marks = Watermarks.from_settings(settings)
@@ -114,7 +118,7 @@ class IngestPipeline:
     # -- life cycle -------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the writer thread and the background loops."""
+        """Start the spool writer and the background loops."""
         self.writer.start()
         self._set_totals(await asyncio.to_thread(self.spool.totals))
         self._tasks.append(asyncio.create_task(self._handoff_loop(), name="stream-handoff"))

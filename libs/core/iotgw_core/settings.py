@@ -98,6 +98,13 @@ class CommonSettings(msgspec.Struct, kw_only=True, frozen=True):
     spool_path: Annotated[str, Meta(description="SQLite spool file (WAL mode).")] = (
         "var/spool/spool.db"
     )
+    spool_writer: Annotated[
+        Literal["process", "thread"],
+        Meta(
+            description="Where an ingest's group commit runs: a child process (no GIL shared"
+            " with the event loop; docs/spool.md) or a thread of the ingest process."
+        ),
+    ] = "process"
     spool_max_records: Annotated[
         int, Meta(ge=1, description="Spool budget in records (all states).")
     ] = 1_000_000

@@ -216,6 +216,11 @@ class Spool:
             if appends_only:
                 self._conn.execute("PRAGMA busy_timeout=0")
 
+    @property
+    def busy_timeout_ms(self) -> int:
+        """How long a write waits for another writer's lock before SpoolError."""
+        return int(self._busy_timeout_s * 1000)
+
     def appends_connection(self) -> Spool:
         """A second connection to this spool for :meth:`append_batch` only (SpoolWriter's)."""
         return Spool(
