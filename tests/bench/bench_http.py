@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.bench.clock import Clock
+from tests.bench.clock import Clock, with_children
 from tests.support.procs import RedisServer, free_port, python_service, wait_port
 from tests.support.stack import outbox_records, wait_until
 
@@ -115,7 +115,7 @@ def run() -> dict[str, float]:
             (work / "ingest.lua").write_text(LUA_INGEST)
             (work / "noop.lua").write_text(LUA_NOOP)
             wrk(base + "/bench/noop", work / "noop.lua", WARMUP_S)
-            server = {"ingest-http": ingest.pid, "redis": redis.managed.pid}
+            server = {**with_children("ingest-http", ingest.pid), "redis": redis.managed.pid}
             noop = wrk(base + "/bench/noop", work / "noop.lua", DURATION_S, server)
             # The uplink down: records only pile up in the spool (the forwarder is off).
             alone = wrk(base, work / "ingest.lua", DURATION_S, server)

@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.bench.clock import Clock
+from tests.bench.clock import Clock, with_children
 
 DEVICES = 3
 PER_DEVICE = int(os.environ.get("BENCH_MQTT_PER_DEVICE", "10000"))
@@ -163,7 +163,11 @@ def run_gateway(work: Path) -> tuple[float, float]:
         total = DEVICES * PER_DEVICE
         clock = Clock(
             {
-                **{f"ingest-{i}": one.pid for i, one in enumerate(ingests)},
+                **{
+                    k: v
+                    for i, one in enumerate(ingests)
+                    for k, v in with_children(f"ingest-{i}", one.pid).items()
+                },
                 "forwarder": forwarder.pid,
                 "redis": redis.managed.pid,
                 "edge-broker": broker.managed.pid,

@@ -11,6 +11,8 @@ import os
 import time
 from pathlib import Path
 
+from tests.support.procs import children_of
+
 
 def machine_busy_s() -> float:
     """CPU seconds the whole machine has spent busy (all cores) since boot."""
@@ -26,6 +28,11 @@ def process_cpu_s(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def with_children(name: str, pid: int) -> dict[str, int]:
+    """``{name: pid}`` and each of its child processes as ``name/child-N``."""
+    return {name: pid} | {f"{name}/child-{i}": c for i, c in enumerate(children_of(pid))}
 
 
 class Clock:

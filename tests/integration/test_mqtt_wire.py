@@ -136,7 +136,7 @@ async def test_a_second_connection_with_the_same_client_id_ends_the_first(
     second = await ingest_connection(broker)
     try:
         # MQTT 5 says DISCONNECT 0x8e (session taken over); mosquitto 2.0.11 just closes.
-        with pytest.raises(wire.MqttError, match="reason 0x8e|connection closed"):
+        with pytest.raises(wire.MqttError, match=r"reason 0x8e|connection closed"):
             await asyncio.wait_for(first.batch(1), 10)
         assert second.open
     finally:

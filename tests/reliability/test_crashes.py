@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.reliability.load import send_readings
-from tests.support.procs import RedisServer, python_service, wait_port
+from tests.support.procs import RedisServer, children_of, python_service, wait_port
 from tests.support.stack import Stack, wait_until
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
@@ -20,19 +20,6 @@ pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
 def outbox_seqs(stack: Stack, device: str) -> Counter[int]:
     return Counter(r["seq"] for r in stack.records() if r["device_id"] == device)
-
-
-def children(pid: int) -> list[int]:
-    """Process ids whose parent is ``pid`` (the ingest's spool writer process)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
 
 
 def alive(pid: int) -> bool:
@@ -54,7 +41,7 @@ def test_kill_9_ingest_under_load_loses_no_acknowledged_record(stack: Stack) -> 
             threading.Thread(target=crash_and_restart, daemon=True).start()
 
     def crash_and_restart() -> None:
-        writers.extend(children(stack.ingest.pid))  # its spool writer process
+        writers.extend(children_of(stack.ingest.pid))  # its spool writer process
         stack.ingest.kill9()
         time.sleep(1.0)
         stack.start_ingest()

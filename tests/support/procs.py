@@ -36,6 +36,19 @@ def wait_port(
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s}s")
 
 
+def children_of(pid: int) -> list[int]:
+    """Process ids whose parent is ``pid`` (an ingest's spool writer process)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
 class Managed:
     """A subprocess with its output in a log file, stopped (or killed) on demand."""
 
