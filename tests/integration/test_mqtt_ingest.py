@@ -51,7 +51,11 @@ def spool_bodies(env: dict[str, str]) -> list[dict[str, Any]]:
 
 def start_ingest(env: dict[str, str], tmp_path: Path, name: str = "ingest-mqtt") -> Managed:
     ingest = mqtt_ingest_service(env, tmp_path, name).start()
-    wait_until(lambda: "subscribing" in ingest.log_text(), 20, "the ingest's subscription")
+    try:
+        wait_until(lambda: "subscribing" in ingest.log_text(), 20, "the ingest's subscription")
+    except AssertionError:
+        ingest.stop()  # not left running after the test
+        raise
     return ingest
 
 
