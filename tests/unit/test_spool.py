@@ -151,6 +151,32 @@ def test_duplicate_check_uses_the_idempotency_index(spool: Spool) -> None:
     assert not any(row[3] == "SCAN r" for row in plan), plan
 
 
+def test_state_changes_look_rids_up_by_primary_key(spool: Spool) -> None:
+    # With ten or more rids SQLite's planner preferred ix_records_state for the state
+    # term and walked every record in that state: a cost that grew with the backlog.
+    results, _ = spool.append_batch([rec(i) for i in range(600)])
+    rids = [r.rid for r in results]
+    statements: list[str] = []
+    spool._conn.set_trace_callback(statements.append)
+    spool.mark_inflight(rids[:500])
+    spool.requeue(rids[:500])
+    spool.note_error(rids[:500], "down")
+    spool.record_failure(rids[:500], "boom")
+    spool.mark_acked(rids[:250])
+    spool.mark_dead(rids[250:500], "bad")
+    spool._conn.set_trace_callback(None)
+    updates = [s for s in statements if s.startswith("UPDATE records")]
+    assert len(updates) == 6
+    for update in updates:
+        plan = spool._conn.execute("EXPLAIN QUERY PLAN " + update).fetchall()
+        assert [row[3] for row in plan] == ["SEARCH records USING INTEGER PRIMARY KEY (rowid=?)"], (
+            update[:60],
+            plan,
+        )
+    states = [r.state for r in spool.load(rids)]
+    assert states == [State.ACKED] * 250 + [State.DEAD] * 250 + [State.ENQUEUED] * 100
+
+
 def test_spool_survives_reopen(tmp_path: Path) -> None:
     first = Spool(tmp_path / "s.db")
     first.append_batch([rec(1, seq=1)])
