@@ -25,7 +25,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+
+import msgspec
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 2
@@ -121,9 +123,13 @@ class AppendResult:
     state: State
 
 
-@dataclass(frozen=True, slots=True)
-class StoredRecord:
-    """A record as the spool holds it."""
+class StoredRecord(msgspec.Struct, frozen=True, gc=False):
+    """A record as the spool holds it.
+
+    A msgspec Struct rather than a frozen dataclass: the forwarder builds one per
+    record it loads, and a frozen dataclass's ``__init__`` (one ``object.__setattr__``
+    a field) cost ten times as much. Replace fields with ``msgspec.structs.replace``.
+    """
 
     rid: int
     id: str
@@ -156,20 +162,16 @@ _RECORD_COLUMNS = (
 )
 
 
-def _row_to_record(row: tuple[object, ...]) -> StoredRecord:
+_STATES = tuple(State)
+
+
+def _row_to_record(row: tuple[Any, ...]) -> StoredRecord:
+    # The columns' types are the schema's (INTEGER PRIMARY KEY, TEXT NOT NULL, REAL,
+    # BLOB), as written by this module: SQLite hands them back as int, str, float and
+    # bytes, so no conversion is needed, only the state's enum member.
     rid, rid_id, tenant, device, seq, state, attempts, err, created, tp, body = row
     return StoredRecord(
-        rid=int(rid),  # type: ignore[call-overload]
-        id=str(rid_id),
-        tenant=str(tenant),
-        device_id=str(device),
-        seq=None if seq is None else int(seq),  # type: ignore[call-overload]
-        state=State(int(state)),  # type: ignore[call-overload]
-        attempts=int(attempts),  # type: ignore[call-overload]
-        last_error=None if err is None else str(err),
-        created_at=float(created),  # type: ignore[arg-type]
-        traceparent=None if tp is None else str(tp),
-        body=bytes(body),  # type: ignore[call-overload]
+        rid, rid_id, tenant, device, seq, _STATES[state], attempts, err, created, tp, body
     )
 
 
@@ -445,6 +447,28 @@ class Spool:
                 (tenant, device_id, upto_rid, limit),
             ).fetchall()
         return [_row_to_record(r) for r in rows]
+
+    def pending_rids_of_devices(
+        self, devices: Sequence[tuple[str, str, int]], limit: int = 10_000
+    ) -> list[int]:
+        """Rids of the Enqueued/InFlight records of each ``(tenant, device_id, upto_rid)``.
+
+        What :meth:`pending_of_device` finds (rid <= upto, oldest first, ``limit`` a
+        device), as rids only: read from ix_records_pending alone, without the rows,
+        and for every device under one lock hold.
+        """
+        out: list[int] = []
+        with self._lock:
+            for tenant, device_id, upto_rid in devices:
+                out.extend(
+                    rid
+                    for (rid,) in self._conn.execute(
+                        "SELECT rid FROM records WHERE tenant=? AND device_id=?"
+                        " AND state IN (0,1) AND rid <= ? ORDER BY rid LIMIT ?",
+                        (tenant, device_id, upto_rid, limit),
+                    )
+                )
+        return out
 
     def pending_after(
         self, after_rid: int, limit: int, created_before: float

@@ -17,8 +17,9 @@ import logging
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
+import msgspec
 from iotgw_core import metrics, telemetry
 from iotgw_core.retry import RetryPolicy
 from iotgw_core.sink import Outcome, Sink, SinkUnavailable, skip_after_failure
@@ -31,6 +32,7 @@ from .sinks.common import RecordBudget
 
 log = logging.getLogger(__name__)
 DeviceKey = tuple[str, str]
+_LIVE = (State.ENQUEUED, State.INFLIGHT)
 
 
 @dataclass(slots=True)
@@ -186,38 +188,53 @@ class Forwarder:
     async def _take(self, entries: Sequence[StreamEntry]) -> None:
         """Put the records named by ``entries`` into their device lanes, in rid order."""
         named: dict[int, list[str]] = {}
+        refs, items = self._entry_refs, self.items
         for entry in entries:
-            self._entry_refs[entry.entry_id] = self._entry_refs.get(entry.entry_id, 0) + 1
-            known = self.items.get(entry.rid)
+            entry_id = entry.entry_id
+            refs[entry_id] = refs.get(entry_id, 0) + 1
+            known = items.get(entry.rid)
             if known is not None:
-                known.entry_ids.append(entry.entry_id)
+                known.entry_ids.append(entry_id)
+            elif (ids := named.get(entry.rid)) is not None:
+                ids.append(entry_id)
             else:
-                named.setdefault(entry.rid, []).append(entry.entry_id)
+                named[entry.rid] = [entry_id]
         if not named:
             return
         loaded = await asyncio.to_thread(self.spool.load, sorted(named))
         by_rid = {rec.rid: rec for rec in loaded}
         for rid, entry_ids in named.items():
             rec = by_rid.get(rid)
-            if rec is None or rec.state in (State.ACKED, State.DEAD):
+            if rec is None or rec.state not in _LIVE:
                 self._release(entry_ids)  # nothing left to do for it
-        live = [r for r in loaded if r.state in (State.ENQUEUED, State.INFLIGHT)]
+        live = [r for r in loaded if r.state in _LIVE]
         # A device seen for the first time may have older records the stream lost
-        # (Redis restarted): take them first so that its order holds.
+        # (Redis restarted): take them first so that its order holds. ``loaded`` is in
+        # rid order, so the last record of a device is its newest.
         newest: dict[DeviceKey, int] = {}
         for rec in live:
-            newest[rec.device_key] = max(newest.get(rec.device_key, 0), rec.rid)
-        for key, upto in newest.items():
-            if self.lanes.get(key):
-                continue
-            older = await asyncio.to_thread(self.spool.pending_of_device, key[0], key[1], upto)
-            live.extend(r for r in older if r.rid not in by_rid and r.rid not in self.items)
+            newest[rec.device_key] = rec.rid
+        unseen = [(key[0], key[1], upto) for key, upto in newest.items() if not self.lanes.get(key)]
+        if unseen:
+            # Rids first (from the index alone): rows only for those not already here.
+            rids = await asyncio.to_thread(self.spool.pending_rids_of_devices, unseen)
+            missing = [rid for rid in rids if rid not in by_rid and rid not in self.items]
+            if missing:
+                older = await asyncio.to_thread(self.spool.load, missing)
+                live.extend(r for r in older if r.state in _LIVE)
+        lanes = self.lanes
         for rec in live:
-            if rec.rid in self.items:
+            if rec.rid in items:
                 continue
             pending = Pending(rec, named.get(rec.rid, []))
-            self.items[rec.rid] = pending
-            bisect.insort(self.lanes.setdefault(rec.device_key, []), pending)
+            items[rec.rid] = pending
+            lane = lanes.get(rec.device_key)
+            if lane is None:
+                lanes[rec.device_key] = [pending]
+            elif lane[-1].record.rid < rec.rid:
+                lane.append(pending)  # the usual case: newer than all the lane holds
+            else:
+                bisect.insort(lane, pending)
 
     # -- delivering ---------------------------------------------------------------------------
 
@@ -347,7 +364,7 @@ class Forwarder:
             metrics.FORWARD_ATTEMPTS.labels(sink, "retry").inc(len(items))
             for p in items:
                 attempts = p.record.attempts + 1
-                p.record = replace(
+                p.record = msgspec.structs.replace(
                     p.record, state=State.ENQUEUED, attempts=attempts, last_error=error
                 )
                 self.not_before[p.record.device_key] = time.monotonic() + self.policy.delay(
