@@ -348,10 +348,16 @@ class Forwarder:
             await asyncio.to_thread(self.spool.mark_acked, [p.record.rid for p in acked])
             metrics.FORWARD_ATTEMPTS.labels(sink, "delivered").inc(len(acked))
             now = time.time()
-            for p in acked:
-                metrics.INGEST_TO_ACK_SECONDS.observe(
-                    max(0.0, now - p.record.created_at),
-                    exemplar=telemetry.exemplar_of(p.record.traceparent),
+            if telemetry.enabled():  # exemplars (trace ids) go with single observations
+                for p in acked:
+                    metrics.INGEST_TO_ACK_SECONDS.observe(
+                        max(0.0, now - p.record.created_at),
+                        exemplar=telemetry.exemplar_of(p.record.traceparent),
+                    )
+            else:
+                metrics.observe_many(
+                    metrics.INGEST_TO_ACK_SECONDS,
+                    [max(0.0, now - p.record.created_at) for p in acked],
                 )
         for error, items in dead.items():
             await asyncio.to_thread(self.spool.mark_dead, [p.record.rid for p in items], error)
@@ -373,8 +379,7 @@ class Forwarder:
         if skipped:
             await asyncio.to_thread(self.spool.requeue, skipped)
         finished = acked + [p for items in dead.values() for p in items]
-        for p in finished:
-            self._forget(p)
+        self._forget(finished)
         for p in finished:
             self._release(p.entry_ids)
         await self._flush_acks()
@@ -392,13 +397,26 @@ class Forwarder:
                 self._entry_refs.pop(entry_id, None)
                 self._ack_backlog.append(entry_id)
 
-    def _forget(self, pending: Pending) -> None:
-        key = pending.record.device_key
-        self.items.pop(pending.record.rid, None)
-        lane = self.lanes.get(key)
-        if lane is not None:
-            with contextlib.suppress(ValueError):
-                lane.remove(pending)
+    def _forget(self, finished: Sequence[Pending]) -> None:
+        """Drop finished records from memory and from their lanes."""
+        by_lane: dict[DeviceKey, list[Pending]] = {}
+        for pending in finished:
+            self.items.pop(pending.record.rid, None)
+            key = pending.record.device_key
+            if (done := by_lane.get(key)) is not None:
+                done.append(pending)
+            else:
+                by_lane[key] = [pending]
+        for key, done in by_lane.items():
+            lane = self.lanes.get(key)
+            if lane is None:
+                continue
+            n = len(done)
+            if n <= len(lane) and all(a is b for a, b in zip(lane[:n], done, strict=True)):
+                del lane[:n]  # the usual case: the lane's head, in order
+            else:
+                gone = {id(p) for p in done}
+                lane[:] = [p for p in lane if id(p) not in gone]
             if not lane:
                 del self.lanes[key]
                 self.not_before.pop(key, None)
