@@ -382,10 +382,9 @@ class Forwarder:
         self._forget(finished)
         for p in finished:
             self._release(p.entry_ids)
-        await self._flush_acks()
-        if acked:
-            with contextlib.suppress(RedisError, OSError):
-                await self.stream.publish_acked([p.record.id for p in acked])
+        # XACK (the spool says Acked/Dead now) and the word to waiting ack-mode-sink
+        # requests, in one round trip.
+        await self._flush_acks(acked_records=[p.record.id for p in acked])
 
     def _release(self, entry_ids: Sequence[str]) -> None:
         """One record of each entry is done; acknowledge entries with none left."""
@@ -421,12 +420,12 @@ class Forwarder:
                 del self.lanes[key]
                 self.not_before.pop(key, None)
 
-    async def _flush_acks(self) -> None:
-        if not self._ack_backlog:
+    async def _flush_acks(self, acked_records: Sequence[str] = ()) -> None:
+        if not self._ack_backlog and not acked_records:
             return
         entry_ids, self._ack_backlog = self._ack_backlog, []
         try:
-            await self.stream.ack(entry_ids)
+            await self.stream.ack(entry_ids, acked_records=acked_records)
         except (RedisError, OSError) as exc:
             # The spool already says Acked/Dead; the entries are acknowledged later.
             self._ack_backlog = entry_ids + self._ack_backlog
