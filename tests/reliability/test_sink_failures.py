@@ -181,3 +181,38 @@ async def test_a_device_new_to_the_forwarder_gets_its_older_records_first(
         "handed",
     ]
     assert spool.counts_by_state()["Acked"] == 7
+
+
+async def test_what_the_stream_holds_goes_in_one_read_and_one_sink_call(
+    gateway_env: dict[str, str],
+) -> None:
+    # The linger comes after a small sink call, not between two reads before it.
+    env = {**gateway_env, "IOTGW_FORWARD_LINGER_S": "0.01"}
+    spool = Spool(env["IOTGW_SPOOL_PATH"])
+    sink = MemorySink()
+    forwarder = Forwarder(load_settings(ForwarderSettings, env), sink)
+    await forwarder.stream.ensure_group()
+    await forwarder.step()  # this consumer's own pending entries first: none
+    for part in range(3):  # three commits, three stream entries
+        results, _ = spool.append_batch(
+            [NewRecord(f"r{part}-{i}", "t", f"dev-{i % 2}", part * 10 + i, b"{}") for i in range(5)]
+        )
+        await forwarder.stream.add_many(
+            [StreamEntry(r.rid, r.id, "t", f"dev-{i % 2}", None) for i, r in enumerate(results)]
+        )
+    reads = 0
+    read = forwarder.stream.read
+
+    async def counting_read(*args: object, **kwargs: object) -> list[StreamEntry]:
+        nonlocal reads
+        reads += 1
+        return await read(*args, **kwargs)  # type: ignore[arg-type]
+
+    forwarder.stream.read = counting_read  # type: ignore[method-assign]
+    try:
+        await forwarder.step()
+    finally:
+        await forwarder.stream.client.aclose()
+    assert (reads, sink.calls, len(sink.delivered)) == (1, 1, 15)
+    assert spool.counts_by_state()["Acked"] == 15
+    assert await forwarder.stream.length() == 0  # every entry acknowledged and deleted

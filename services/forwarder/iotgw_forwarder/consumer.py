@@ -128,23 +128,24 @@ class Forwarder:
         if self.paused:
             await asyncio.sleep(min(0.5, self.settings.pause_poll_s))
             return
+        trickle = False
         if len(self.items) < self.settings.max_pending_records:
             entries = await self._read(block_ms=None if self._ready_now() else self._idle_ms())
             if entries:
                 await self._take(entries)
-                if len(entries) < self.settings.forward_batch and self.settings.forward_linger_s:
-                    # A trickle: wait a moment for more, so that one sink call and two
-                    # spool transactions carry many records, not a few (every spool
-                    # transaction briefly holds the write lock that ingest needs).
-                    await asyncio.sleep(self.settings.forward_linger_s)
-                    more = await self._read(block_ms=None)
-                    if more:
-                        await self._take(more)
+                trickle = len(entries) < self.settings.forward_batch
         elif not self._ready_now():
             await asyncio.sleep(min(1.0, self._idle_ms() / 1000))
         batch = self._ready_batch()
         if batch:
             await self._deliver(batch)
+            if trickle and self.settings.forward_linger_s:
+                # The stream had less than a batch: let the next one gather for a
+                # moment, so that one sink call, one read and two spool transactions
+                # carry many records, not a few (every spool transaction briefly
+                # holds the write lock that ingest needs; every Redis command and
+                # thread hop costs the event loop 60-170 us).
+                await asyncio.sleep(self.settings.forward_linger_s)
         elif self._paced_out:
             await asyncio.sleep(0.05)  # the backlog budget refills
 
