@@ -42,7 +42,7 @@ class ForwarderSettings(CommonSettings, kw_only=True, frozen=True):
             " wait this long before reading again, so that the next call carries more"
             " (fewer, larger spool transactions, fewer Redis reads).",
         ),
-    ] = 0.02
+    ] = 0.05
     forward_batch_per_device: Annotated[
         int, Meta(ge=1, description="Most records of one device in one sink call (fairness).")
     ] = 200
