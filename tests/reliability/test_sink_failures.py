@@ -13,7 +13,8 @@ import pytest
 from iotgw_core.ingest import IngestPipeline
 from iotgw_core.settings import CommonSettings, load_settings
 from iotgw_core.sink import MemorySink
-from iotgw_core.spool import AppendResult, Spool, State
+from iotgw_core.spool import AppendResult, NewRecord, Spool, State
+from iotgw_core.stream import StreamEntry
 from iotgw_core.validation import parse_reading
 from iotgw_forwarder.consumer import Forwarder
 from iotgw_forwarder.settings import ForwarderSettings
@@ -150,3 +151,68 @@ def test_record_over_the_sink_limit_is_dead_at_once_with_its_reason(
         assert [r["seq"] for r in stack.records()] == [2]
     finally:
         stack.stop()
+
+
+async def test_a_device_new_to_the_forwarder_gets_its_older_records_first(
+    gateway_env: dict[str, str],
+) -> None:
+    # dev's first five records never reached the stream (Redis lost them); the
+    # reconciler is kept out of it, so only the forwarder's own check can find them.
+    env = {**gateway_env, "IOTGW_RECONCILE_GRACE_S": "3600"}
+    spool = Spool(env["IOTGW_SPOOL_PATH"])
+    spool.append_batch([NewRecord(f"lost-{i}", "t", "dev", i, b"{}") for i in range(5)])
+    handed, _ = spool.append_batch(
+        [NewRecord("handed", "t", "dev", 5, b"{}"), NewRecord("other", "t", "dev-2", 0, b"{}")]
+    )
+    sink = MemorySink()
+    forwarder = Forwarder(load_settings(ForwarderSettings, env), sink)
+    devices = ["dev", "dev-2"]
+    await forwarder.stream.add_many(
+        [StreamEntry(r.rid, r.id, "t", d, None) for r, d in zip(handed, devices, strict=True)]
+    )
+    task = asyncio.create_task(forwarder.run())
+    try:
+        await until(lambda: len(sink.delivered) == 7, 30, "every record of both devices")
+    finally:
+        forwarder.stop()
+        await asyncio.wait_for(task, 15)
+    assert [r.id for r in sink.delivered if r.device_id == "dev"] == [
+        *(f"lost-{i}" for i in range(5)),
+        "handed",
+    ]
+    assert spool.counts_by_state()["Acked"] == 7
+
+
+async def test_what_the_stream_holds_goes_in_one_read_and_one_sink_call(
+    gateway_env: dict[str, str],
+) -> None:
+    # The linger comes after a small sink call, not between two reads before it.
+    env = {**gateway_env, "IOTGW_FORWARD_LINGER_S": "0.01"}
+    spool = Spool(env["IOTGW_SPOOL_PATH"])
+    sink = MemorySink()
+    forwarder = Forwarder(load_settings(ForwarderSettings, env), sink)
+    await forwarder.stream.ensure_group()
+    await forwarder.step()  # this consumer's own pending entries first: none
+    for part in range(3):  # three commits, three stream entries
+        results, _ = spool.append_batch(
+            [NewRecord(f"r{part}-{i}", "t", f"dev-{i % 2}", part * 10 + i, b"{}") for i in range(5)]
+        )
+        await forwarder.stream.add_many(
+            [StreamEntry(r.rid, r.id, "t", f"dev-{i % 2}", None) for i, r in enumerate(results)]
+        )
+    reads = 0
+    read = forwarder.stream.read
+
+    async def counting_read(*args: object, **kwargs: object) -> list[StreamEntry]:
+        nonlocal reads
+        reads += 1
+        return await read(*args, **kwargs)  # type: ignore[arg-type]
+
+    forwarder.stream.read = counting_read  # type: ignore[method-assign]
+    try:
+        await forwarder.step()
+    finally:
+        await forwarder.stream.client.aclose()
+    assert (reads, sink.calls, len(sink.delivered)) == (1, 1, 15)
+    assert spool.counts_by_state()["Acked"] == 15
+    assert await forwarder.stream.length() == 0  # every entry acknowledged and deleted

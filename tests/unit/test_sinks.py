@@ -117,3 +117,30 @@ async def test_memory_twin_skips_a_device_after_its_failure() -> None:
         Outcome.DELIVERED,
     ]
     assert [r.id for r in sink.delivered] == ["r1", "r4"]
+
+
+def test_skip_after_failure_skips_only_later_records_of_the_failed_device() -> None:
+    from iotgw_core.sink import DELIVERED, SKIPPED, Delivery, skip_after_failure
+
+    records = [stored(1, "a"), stored(2, "b"), stored(3, "a"), stored(4, "b"), stored(5, "a")]
+    retry = Delivery(Outcome.RETRY, "boom")
+    reject = Delivery(Outcome.REJECT, "bad")
+    everything = [DELIVERED] * 5
+    assert skip_after_failure(records, everything) == everything
+    assert skip_after_failure(records, [DELIVERED, retry, DELIVERED, DELIVERED, DELIVERED]) == [
+        DELIVERED,
+        retry,
+        DELIVERED,
+        SKIPPED,
+        DELIVERED,
+    ]
+    # A rejected record does not hold its device back; a sink's own SKIPPED does.
+    assert skip_after_failure(records, [reject, SKIPPED, DELIVERED, DELIVERED, retry]) == [
+        reject,
+        SKIPPED,
+        DELIVERED,
+        SKIPPED,
+        retry,
+    ]
+    with pytest.raises(ValueError):
+        skip_after_failure(records, everything[:4])

@@ -8,6 +8,7 @@ import threading
 import time
 from pathlib import Path
 
+import msgspec
 import pytest
 from iotgw_core.spool import NewRecord, Spool, SpoolError, SpoolWriter, State
 
@@ -132,6 +133,43 @@ def test_pending_of_device_in_commit_order(spool: Spool) -> None:
     assert [p.rid for p in pending] == [results[i].rid for i in (3, 5, 7)]
 
 
+def test_pending_rids_of_devices_match_pending_of_device(spool: Spool) -> None:
+    results, _ = spool.append_batch([rec(i, device="abc"[i % 3]) for i in range(30)])
+    spool.mark_acked([results[0].rid, results[4].rid])
+    spool.mark_dead([results[2].rid], "bad")
+    spool.mark_inflight([results[3].rid])
+    asked = [("t", "a", results[21].rid), ("t", "b", results[28].rid), ("t", "zz", 10**9)]
+    want = [p.rid for t, d, upto in asked for p in spool.pending_of_device(t, d, upto)]
+    assert spool.pending_rids_of_devices(asked) == want
+    assert want[:3] == [results[3].rid, results[6].rid, results[9].rid]
+    assert spool.pending_rids_of_devices(asked, limit=2) == [
+        p.rid for t, d, upto in asked for p in spool.pending_of_device(t, d, upto, limit=2)
+    ]
+
+
+def test_loaded_records_have_the_stored_types(spool: Spool) -> None:
+    results, _ = spool.append_batch(
+        [
+            rec(1, seq=7),
+            NewRecord("id-2", "t", "d2", None, b"{}", "00-" + "a" * 32 + "-" + "b" * 16 + "-01"),
+        ]
+    )
+    spool.record_failure([results[0].rid], "boom")
+    one, two = spool.load([r.rid for r in results])
+    assert (one.rid, one.id, one.tenant, one.device_id, one.seq) == (
+        results[0].rid,
+        "id-d1-1",
+        "t",
+        "d1",
+        7,
+    )
+    assert one.state is State.ENQUEUED and one.attempts == 1 and one.last_error == "boom"
+    assert type(one.created_at) is float and type(one.body) is bytes and one.body == b"x" * 10
+    assert two.seq is None and two.last_error is None and two.traceparent is not None
+    assert two.device_key == ("t", "d2")
+    assert msgspec.structs.replace(one, attempts=5).attempts == 5 and one.attempts == 1
+
+
 def test_rids_are_never_reused_after_pruning(spool: Spool) -> None:
     first, _ = spool.append_batch([rec(1), rec(2)])
     spool.mark_acked([r.rid for r in first])
@@ -149,6 +187,32 @@ def test_duplicate_check_uses_the_idempotency_index(spool: Spool) -> None:
     plan = spool._conn.execute("EXPLAIN QUERY PLAN " + lookup).fetchall()
     assert any("ux_records_idempotency" in str(row) for row in plan), plan
     assert not any(row[3] == "SCAN r" for row in plan), plan
+
+
+def test_state_changes_look_rids_up_by_primary_key(spool: Spool) -> None:
+    # With ten or more rids SQLite's planner preferred ix_records_state for the state
+    # term and walked every record in that state: a cost that grew with the backlog.
+    results, _ = spool.append_batch([rec(i) for i in range(600)])
+    rids = [r.rid for r in results]
+    statements: list[str] = []
+    spool._conn.set_trace_callback(statements.append)
+    spool.mark_inflight(rids[:500])
+    spool.requeue(rids[:500])
+    spool.note_error(rids[:500], "down")
+    spool.record_failure(rids[:500], "boom")
+    spool.mark_acked(rids[:250])
+    spool.mark_dead(rids[250:500], "bad")
+    spool._conn.set_trace_callback(None)
+    updates = [s for s in statements if s.startswith("UPDATE records")]
+    assert len(updates) == 6
+    for update in updates:
+        plan = spool._conn.execute("EXPLAIN QUERY PLAN " + update).fetchall()
+        assert [row[3] for row in plan] == ["SEARCH records USING INTEGER PRIMARY KEY (rowid=?)"], (
+            update[:60],
+            plan,
+        )
+    states = [r.state for r in spool.load(rids)]
+    assert states == [State.ACKED] * 250 + [State.DEAD] * 250 + [State.ENQUEUED] * 100
 
 
 def test_spool_survives_reopen(tmp_path: Path) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Iterable
+
 from prometheus_client import Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -149,6 +152,40 @@ SINK_UP = Gauge(
     "1 while the forwarder's sink (the uplink) accepts deliveries, 0 while it is unavailable.",
     ["sink"],
 )
+
+
+def observe_many(histogram: Histogram, amounts: Iterable[float]) -> None:
+    """``histogram.observe(a)`` for each amount, with one lock round per bucket hit.
+
+    The forwarder observes one latency per record, thousands a second; one
+    ``observe`` costs a Python loop over the buckets and two locked increments.
+    Here each amount's bucket is found by bisection and every bucket and the sum
+    are incremented once: the same counts and sum as observing one by one.
+    Amounts that carry an exemplar must go through ``observe``.
+    """
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None:  # not a plain (child) histogram
+        for amount in amounts:
+            histogram.observe(amount)
+        return
+    hits: dict[int, int] = {}
+    added = 0.0
+    find = bisect.bisect_left
+    observed = False
+    for amount in amounts:
+        observed = True
+        added += amount
+        if amount != amount:  # NaN: observe adds it to the sum but to no bucket
+            continue
+        index = find(bounds, amount)  # the first bound >= amount: observe's bucket
+        hits[index] = hits.get(index, 0) + 1
+    if not observed:
+        return
+    total.inc(added)
+    for index, count in hits.items():
+        buckets[index].inc(count)
 
 
 class DeviceMetrics:

@@ -75,9 +75,16 @@ class Sink(Protocol):
 
 def skip_after_failure(records: Sequence[StoredRecord], answers: list[Delivery]) -> list[Delivery]:
     """Turn answers for records after a device's first failure into SKIPPED."""
+    if len(records) != len(answers):
+        raise ValueError(f"{len(answers)} answers for {len(records)} records")
+    first = next(
+        (i for i, a in enumerate(answers) if a.outcome in (Outcome.RETRY, Outcome.SKIPPED)), None
+    )
+    if first is None:  # no failure: nothing to skip (the usual case)
+        return list(answers)
     failed: set[tuple[str, str]] = set()
-    out = []
-    for rec, answer in zip(records, answers, strict=True):
+    out = list(answers[:first])
+    for rec, answer in zip(records[first:], answers[first:], strict=True):
         if rec.device_key in failed:
             out.append(SKIPPED)
             continue

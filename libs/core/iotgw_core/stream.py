@@ -23,8 +23,12 @@ _encode = msgspec.json.Encoder().encode
 _decode_records = msgspec.json.Decoder(list[tuple[int, str, str, str, str]]).decode
 
 
-class StreamEntry(msgspec.Struct, frozen=True):
-    """One record named by a stream entry (several records may share ``entry_id``)."""
+class StreamEntry(msgspec.Struct, frozen=True, gc=False):
+    """One record named by a stream entry (several records may share ``entry_id``).
+
+    A msgspec Struct: the forwarder unpacks one per record read, and a frozen
+    dataclass's ``__init__`` cost several times as much.
+    """
 
     rid: int
     id: str
@@ -138,14 +142,24 @@ class RecordStream:
                 break
         return claimed
 
-    async def ack(self, entry_ids: Sequence[str]) -> None:
-        """XACK and delete finished entries (the stream keeps only unfinished records)."""
-        if not entry_ids:
+    async def ack(self, entry_ids: Sequence[str], *, acked_records: Sequence[str] = ()) -> None:
+        """XACK and delete finished entries (the stream keeps only unfinished records).
+
+        ``acked_records`` (record ids) are published as :meth:`publish_acked` does, in
+        the same round trip. A failed XACK/XDEL raises; a refused PUBLISH is ignored.
+        """
+        if not entry_ids and not acked_records:
             return
         async with self.client.pipeline(transaction=False) as pipe:
-            pipe.xack(self.key, self.group, *entry_ids)
-            pipe.xdel(self.key, *entry_ids)
-            await pipe.execute()
+            if entry_ids:
+                pipe.xack(self.key, self.group, *entry_ids)
+                pipe.xdel(self.key, *entry_ids)
+            if acked_records:
+                pipe.publish(self.acked_channel, ",".join(acked_records))
+            results = await pipe.execute(raise_on_error=False)
+        for result in results[: 2 if entry_ids else 0]:
+            if isinstance(result, Exception):
+                raise result
 
     async def record_ids(self, page: int = 1000, limit: int = 5_000_000) -> set[str]:
         """Ids of every record that has an entry in the stream (bounded scan)."""

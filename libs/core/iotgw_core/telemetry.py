@@ -436,6 +436,9 @@ class DeliverySpans:
 
     def outcomes(self, records: Sequence[_Stored], answers: Sequence[Any]) -> None:
         """Record each record's delivery outcome on its publish span and end it."""
+        if not self.by_id:  # nothing traced (tracing off or none sampled)
+            self._end_publish()
+            return
         for rec, answer in zip(records, answers, strict=True):
             pair = self.by_id.get(rec.id)
             if pair is None:

@@ -17,8 +17,9 @@ import logging
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
+import msgspec
 from iotgw_core import metrics, telemetry
 from iotgw_core.retry import RetryPolicy
 from iotgw_core.sink import Outcome, Sink, SinkUnavailable, skip_after_failure
@@ -31,6 +32,7 @@ from .sinks.common import RecordBudget
 
 log = logging.getLogger(__name__)
 DeviceKey = tuple[str, str]
+_LIVE = (State.ENQUEUED, State.INFLIGHT)
 
 
 @dataclass(slots=True)
@@ -126,23 +128,24 @@ class Forwarder:
         if self.paused:
             await asyncio.sleep(min(0.5, self.settings.pause_poll_s))
             return
+        trickle = False
         if len(self.items) < self.settings.max_pending_records:
             entries = await self._read(block_ms=None if self._ready_now() else self._idle_ms())
             if entries:
                 await self._take(entries)
-                if len(entries) < self.settings.forward_batch and self.settings.forward_linger_s:
-                    # A trickle: wait a moment for more, so that one sink call and two
-                    # spool transactions carry many records, not a few (every spool
-                    # transaction briefly holds the write lock that ingest needs).
-                    await asyncio.sleep(self.settings.forward_linger_s)
-                    more = await self._read(block_ms=None)
-                    if more:
-                        await self._take(more)
+                trickle = len(entries) < self.settings.forward_batch
         elif not self._ready_now():
             await asyncio.sleep(min(1.0, self._idle_ms() / 1000))
         batch = self._ready_batch()
         if batch:
             await self._deliver(batch)
+            if trickle and self.settings.forward_linger_s:
+                # The stream had less than a batch: let the next one gather for a
+                # moment, so that one sink call, one read and two spool transactions
+                # carry many records, not a few (every spool transaction briefly
+                # holds the write lock that ingest needs; every Redis command and
+                # thread hop costs the event loop 60-170 us).
+                await asyncio.sleep(self.settings.forward_linger_s)
         elif self._paced_out:
             await asyncio.sleep(0.05)  # the backlog budget refills
 
@@ -186,38 +189,53 @@ class Forwarder:
     async def _take(self, entries: Sequence[StreamEntry]) -> None:
         """Put the records named by ``entries`` into their device lanes, in rid order."""
         named: dict[int, list[str]] = {}
+        refs, items = self._entry_refs, self.items
         for entry in entries:
-            self._entry_refs[entry.entry_id] = self._entry_refs.get(entry.entry_id, 0) + 1
-            known = self.items.get(entry.rid)
+            entry_id = entry.entry_id
+            refs[entry_id] = refs.get(entry_id, 0) + 1
+            known = items.get(entry.rid)
             if known is not None:
-                known.entry_ids.append(entry.entry_id)
+                known.entry_ids.append(entry_id)
+            elif (ids := named.get(entry.rid)) is not None:
+                ids.append(entry_id)
             else:
-                named.setdefault(entry.rid, []).append(entry.entry_id)
+                named[entry.rid] = [entry_id]
         if not named:
             return
         loaded = await asyncio.to_thread(self.spool.load, sorted(named))
         by_rid = {rec.rid: rec for rec in loaded}
         for rid, entry_ids in named.items():
             rec = by_rid.get(rid)
-            if rec is None or rec.state in (State.ACKED, State.DEAD):
+            if rec is None or rec.state not in _LIVE:
                 self._release(entry_ids)  # nothing left to do for it
-        live = [r for r in loaded if r.state in (State.ENQUEUED, State.INFLIGHT)]
+        live = [r for r in loaded if r.state in _LIVE]
         # A device seen for the first time may have older records the stream lost
-        # (Redis restarted): take them first so that its order holds.
+        # (Redis restarted): take them first so that its order holds. ``loaded`` is in
+        # rid order, so the last record of a device is its newest.
         newest: dict[DeviceKey, int] = {}
         for rec in live:
-            newest[rec.device_key] = max(newest.get(rec.device_key, 0), rec.rid)
-        for key, upto in newest.items():
-            if self.lanes.get(key):
-                continue
-            older = await asyncio.to_thread(self.spool.pending_of_device, key[0], key[1], upto)
-            live.extend(r for r in older if r.rid not in by_rid and r.rid not in self.items)
+            newest[rec.device_key] = rec.rid
+        unseen = [(key[0], key[1], upto) for key, upto in newest.items() if not self.lanes.get(key)]
+        if unseen:
+            # Rids first (from the index alone): rows only for those not already here.
+            rids = await asyncio.to_thread(self.spool.pending_rids_of_devices, unseen)
+            missing = [rid for rid in rids if rid not in by_rid and rid not in self.items]
+            if missing:
+                older = await asyncio.to_thread(self.spool.load, missing)
+                live.extend(r for r in older if r.state in _LIVE)
+        lanes = self.lanes
         for rec in live:
-            if rec.rid in self.items:
+            if rec.rid in items:
                 continue
             pending = Pending(rec, named.get(rec.rid, []))
-            self.items[rec.rid] = pending
-            bisect.insort(self.lanes.setdefault(rec.device_key, []), pending)
+            items[rec.rid] = pending
+            lane = lanes.get(rec.device_key)
+            if lane is None:
+                lanes[rec.device_key] = [pending]
+            elif lane[-1].record.rid < rec.rid:
+                lane.append(pending)  # the usual case: newer than all the lane holds
+            else:
+                bisect.insort(lane, pending)
 
     # -- delivering ---------------------------------------------------------------------------
 
@@ -331,10 +349,16 @@ class Forwarder:
             await asyncio.to_thread(self.spool.mark_acked, [p.record.rid for p in acked])
             metrics.FORWARD_ATTEMPTS.labels(sink, "delivered").inc(len(acked))
             now = time.time()
-            for p in acked:
-                metrics.INGEST_TO_ACK_SECONDS.observe(
-                    max(0.0, now - p.record.created_at),
-                    exemplar=telemetry.exemplar_of(p.record.traceparent),
+            if telemetry.enabled():  # exemplars (trace ids) go with single observations
+                for p in acked:
+                    metrics.INGEST_TO_ACK_SECONDS.observe(
+                        max(0.0, now - p.record.created_at),
+                        exemplar=telemetry.exemplar_of(p.record.traceparent),
+                    )
+            else:
+                metrics.observe_many(
+                    metrics.INGEST_TO_ACK_SECONDS,
+                    [max(0.0, now - p.record.created_at) for p in acked],
                 )
         for error, items in dead.items():
             await asyncio.to_thread(self.spool.mark_dead, [p.record.rid for p in items], error)
@@ -347,7 +371,7 @@ class Forwarder:
             metrics.FORWARD_ATTEMPTS.labels(sink, "retry").inc(len(items))
             for p in items:
                 attempts = p.record.attempts + 1
-                p.record = replace(
+                p.record = msgspec.structs.replace(
                     p.record, state=State.ENQUEUED, attempts=attempts, last_error=error
                 )
                 self.not_before[p.record.device_key] = time.monotonic() + self.policy.delay(
@@ -356,14 +380,12 @@ class Forwarder:
         if skipped:
             await asyncio.to_thread(self.spool.requeue, skipped)
         finished = acked + [p for items in dead.values() for p in items]
-        for p in finished:
-            self._forget(p)
+        self._forget(finished)
         for p in finished:
             self._release(p.entry_ids)
-        await self._flush_acks()
-        if acked:
-            with contextlib.suppress(RedisError, OSError):
-                await self.stream.publish_acked([p.record.id for p in acked])
+        # XACK (the spool says Acked/Dead now) and the word to waiting ack-mode-sink
+        # requests, in one round trip.
+        await self._flush_acks(acked_records=[p.record.id for p in acked])
 
     def _release(self, entry_ids: Sequence[str]) -> None:
         """One record of each entry is done; acknowledge entries with none left."""
@@ -375,23 +397,36 @@ class Forwarder:
                 self._entry_refs.pop(entry_id, None)
                 self._ack_backlog.append(entry_id)
 
-    def _forget(self, pending: Pending) -> None:
-        key = pending.record.device_key
-        self.items.pop(pending.record.rid, None)
-        lane = self.lanes.get(key)
-        if lane is not None:
-            with contextlib.suppress(ValueError):
-                lane.remove(pending)
+    def _forget(self, finished: Sequence[Pending]) -> None:
+        """Drop finished records from memory and from their lanes."""
+        by_lane: dict[DeviceKey, list[Pending]] = {}
+        for pending in finished:
+            self.items.pop(pending.record.rid, None)
+            key = pending.record.device_key
+            if (done := by_lane.get(key)) is not None:
+                done.append(pending)
+            else:
+                by_lane[key] = [pending]
+        for key, done in by_lane.items():
+            lane = self.lanes.get(key)
+            if lane is None:
+                continue
+            n = len(done)
+            if n <= len(lane) and all(a is b for a, b in zip(lane[:n], done, strict=True)):
+                del lane[:n]  # the usual case: the lane's head, in order
+            else:
+                gone = {id(p) for p in done}
+                lane[:] = [p for p in lane if id(p) not in gone]
             if not lane:
                 del self.lanes[key]
                 self.not_before.pop(key, None)
 
-    async def _flush_acks(self) -> None:
-        if not self._ack_backlog:
+    async def _flush_acks(self, acked_records: Sequence[str] = ()) -> None:
+        if not self._ack_backlog and not acked_records:
             return
         entry_ids, self._ack_backlog = self._ack_backlog, []
         try:
-            await self.stream.ack(entry_ids)
+            await self.stream.ack(entry_ids, acked_records=acked_records)
         except (RedisError, OSError) as exc:
             # The spool already says Acked/Dead; the entries are acknowledged later.
             self._ack_backlog = entry_ids + self._ack_backlog

@@ -38,10 +38,11 @@ class ForwarderSettings(CommonSettings, kw_only=True, frozen=True):
         Meta(
             ge=0,
             le=1,
-            description="When fewer records than a batch arrived, wait this long for more"
-            " before calling the sink (fewer, larger spool transactions).",
+            description="After a sink call made when the stream held less than a batch,"
+            " wait this long before reading again, so that the next call carries more"
+            " (fewer, larger spool transactions, fewer Redis reads).",
         ),
-    ] = 0.02
+    ] = 0.05
     forward_batch_per_device: Annotated[
         int, Meta(ge=1, description="Most records of one device in one sink call (fairness).")
     ] = 200
