@@ -67,3 +67,16 @@ def test_bad_setting_is_a_clear_error(env: dict[str, str], names: str) -> None:
 def test_configuration_doc_is_generated_from_the_settings() -> None:
     committed = (REPO / "docs" / "configuration.md").read_text()
     assert committed == render(), "docs/configuration.md is stale: run `make docs`"
+
+
+async def test_redis_replies_are_parsed_by_hiredis() -> None:
+    """The forwarder's Redis cost rests on the C parser (docs/performance.md)."""
+    from iotgw_core.stream import connect
+    from redis._parsers.hiredis import _AsyncHiredisParser
+
+    client = connect("redis://127.0.0.1:1/0")
+    try:
+        connection = client.connection_pool.make_connection()
+        assert isinstance(connection._parser, _AsyncHiredisParser)
+    finally:
+        await client.aclose()
