@@ -51,15 +51,21 @@ async def test_appends_share_transactions_and_answer_after_the_commit(spool: Spo
     assert writer.pid is None  # the child exited with stop()
 
 
+def take_write_lock(spool: Spool) -> sqlite3.Connection:
+    """Another connection holding the spool's write lock until it rolls back."""
+    blocker = sqlite3.connect(spool.path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    return blocker
+
+
 async def test_a_failed_transaction_fails_its_senders_and_the_child_goes_on(
     spool: Spool,
 ) -> None:
     writer = ProcessSpoolWriter(spool)
     writer.start()
     try:
-        await writer.append(rec(0, seq=0))
-        blocker = sqlite3.connect(spool.path, isolation_level=None)
-        blocker.execute("BEGIN IMMEDIATE")  # the write lock, longer than the busy timeout
+        assert (await writer.append(rec(0, seq=0))).rid == 1
+        blocker = take_write_lock(spool)  # held longer than the busy timeout
         outcomes = await asyncio.gather(
             *(writer.append(rec(i, seq=i)) for i in range(1, 6)), return_exceptions=True
         )
@@ -80,8 +86,7 @@ async def test_a_killed_child_fails_what_waits_and_the_next_append_starts_anothe
     writer.start()
     try:
         await writer.append(rec(0, seq=0))
-        blocker = sqlite3.connect(spool.path, isolation_level=None)
-        blocker.execute("BEGIN IMMEDIATE")  # the child waits on the lock with these
+        blocker = take_write_lock(spool)  # the child waits on the lock with these
         waiting = [asyncio.ensure_future(writer.append(rec(i, seq=i))) for i in range(1, 4)]
         await asyncio.sleep(0.3)
         first = writer.pid
