@@ -39,6 +39,10 @@ _INSERT_PREFIX = (
 )
 _INSERT_ROW = "(?,?,?,?,?,0,?,?,?,?,?)"
 
+# The background checkpointer starts the WAL over once it is this large; the
+# file is cut back to it when it starts over (journal_size_limit).
+WAL_RESTART_BYTES = 64 << 20
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
     rid         INTEGER PRIMARY KEY,          -- spool order: commit order
@@ -95,6 +99,18 @@ _LABELS = {
     State.ACKED: "Acked",
     State.DEAD: "Dead",
 }
+
+
+def checkpoint_round(conn: sqlite3.Connection, restart_bytes: int = WAL_RESTART_BYTES) -> int:
+    """One background checkpoint: PASSIVE, then RESTART once the WAL is that large.
+
+    Returns the WAL's frames before it (see Spool.checkpoint_in_background).
+    """
+    _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    page = int(conn.execute("PRAGMA page_size").fetchone()[0])
+    if frames * page >= restart_bytes:
+        conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+    return int(frames)
 
 
 class SpoolError(Exception):
@@ -300,15 +316,27 @@ class Spool:
         """No WAL checkpoint on this connection's commits (another connection runs them)."""
         with self._lock:
             self._conn.execute("PRAGMA wal_autocheckpoint=0")
-            self._conn.execute(f"PRAGMA journal_size_limit={64 << 20}")
+            self._conn.execute(f"PRAGMA journal_size_limit={WAL_RESTART_BYTES}")
 
-    def checkpoint_in_background(self, interval_s: float = 1.0) -> threading.Event:
+    def checkpoint_in_background(
+        self, interval_s: float = 1.0, restart_bytes: int = WAL_RESTART_BYTES
+    ) -> threading.Event:
         """Move WAL checkpoints off this connection's commits, onto a thread of their own.
 
         By default the commit that pushes the WAL past 1,000 pages also copies it
         into the database and fsyncs that: one sender in a thousand pages waits
         for it. Here a separate connection checkpoints (PASSIVE: never blocks a
         writer) every ``interval_s``. Set the returned event to stop the thread.
+
+        PASSIVE alone lets the WAL grow without bound under steady writes: SQLite
+        starts the WAL over only when a write finds every frame checkpointed, and
+        with ingest and forwarder writing all the time one always comes first (a
+        100,000-record backlog drained by the forwarder left a 1 GB WAL, and the
+        write that finally started it over stalled senders for 200-300 ms while
+        it cut the file down). So once the WAL passes ``restart_bytes``, a
+        RESTART checkpoint follows the PASSIVE one: it takes the write lock only
+        to copy the few frames written since, and lets the next write start the
+        WAL from its beginning, so the file stays near ``restart_bytes``.
         """
         self.leave_checkpoints_to_others()
         stop = threading.Event()
@@ -318,7 +346,7 @@ class Spool:
             try:
                 while not stop.wait(interval_s):
                     try:
-                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                        checkpoint_round(conn, restart_bytes)
                     except sqlite3.Error as exc:  # busy or I/O: the next round tries again
                         log.debug("background checkpoint: %s", exc)
             finally:
