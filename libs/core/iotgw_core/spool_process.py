@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import socket
 import struct
@@ -303,32 +302,25 @@ def _read_frames(
     """
     records: list[NewRecord] = []
     frames = 0
-    while True:
-        for frame in _split_frames(buf, limit=1):
-            records.extend(_decode_records(frame))
+    while len(records) < max_records:
+        complete = _split_frames(buf, limit=1)
+        if complete:
+            records.extend(_decode_records(complete[0]))
             frames += 1
-            if len(records) >= max_records:
-                return records, frames
-        if frames:
-            if _split_frames_ready(buf):
-                continue
-            # Nothing more complete: take more only if it is there already.
+            continue
+        if frames:  # take more only if it is there already
             try:
                 data = sock.recv(1 << 20, socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
-                return records, frames
+                break
             if not data:
-                return records, frames
+                break
         else:
             data = sock.recv(1 << 20)
             if not data:
                 return None
         buf += data
-
-
-def _split_frames_ready(buf: bytearray) -> bool:
-    """True when ``buf`` starts with a complete frame."""
-    return len(buf) >= 4 and len(buf) - 4 >= _HEADER.unpack_from(buf, 0)[0]
+    return records, frames
 
 
 def child_main(argv: Sequence[str]) -> int:
@@ -363,5 +355,4 @@ def child_main(argv: Sequence[str]) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     sys.exit(child_main(sys.argv[1:]))
