@@ -76,9 +76,7 @@ def wrk(
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     requests = float(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     cpu_us = clock.stop(requests)[1]
-    if clock.per_process:
-        parts = ", ".join(f"{name} {us:g}" for name, us in clock.per_process.items())
-        print(f"{label or script.stem}: CPU µs per request by process: {parts}", flush=True)
+    clock.report(label or script.stem, "request")
     return {
         "cpu_us": cpu_us,
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]

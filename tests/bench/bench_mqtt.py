@@ -177,7 +177,7 @@ def run_gateway(work: Path) -> tuple[float, float]:
         go.touch()
         _wait(lambda: _outbox_lines(work / "outbox") >= total, "the outbox")
         figures = clock.stop(total)
-        _print_per_process("gateway", clock)
+        clock.report("gateway", "message")
         return figures
     finally:
         for p in procs:
@@ -232,7 +232,7 @@ def run_bridge(work: Path) -> tuple[float, float]:
         if not got_all.wait(TIMEOUT_S):
             raise RuntimeError(f"bench: the far subscriber got {received[0]} of {total}")
         figures = clock.stop(total)
-        _print_per_process("bridge", clock)
+        clock.report("bridge", "message")
         return figures
     finally:
         for p in procs:
@@ -244,12 +244,6 @@ def run_bridge(work: Path) -> tuple[float, float]:
 
 def _publisher_pids(procs: list[subprocess.Popen[bytes]]) -> dict[str, int]:
     return {f"publisher-{i}": p.pid for i, p in enumerate(procs)}
-
-
-def _print_per_process(run: str, clock: Clock) -> None:
-    """Where the CPU of a run went: microseconds per message of each process."""
-    parts = ", ".join(f"{name} {us:g}" for name, us in clock.per_process.items())
-    print(f"{run}: CPU µs per message by process: {parts}", flush=True)
 
 
 def _counting_subscriber(

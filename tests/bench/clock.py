@@ -63,3 +63,9 @@ class Clock:
             for name, pid in self.processes.items()
         }
         return count / wall, cpu / n * 1e6
+
+    def report(self, label: str, unit: str) -> None:
+        """Print where the CPU of the run went: microseconds per ``unit`` of each process."""
+        if self.per_process:
+            parts = ", ".join(f"{name} {us:g}" for name, us in self.per_process.items())
+            print(f"{label}: CPU µs per {unit} by process: {parts}", flush=True)
