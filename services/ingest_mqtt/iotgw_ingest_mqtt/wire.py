@@ -85,7 +85,6 @@ _PROPERTY_KINDS: Final = {
     0x2A: _BYTE,  # shared subscription available
 }
 _REASON_STRING: Final = 0x1F
-_USER_PROPERTY: Final = 0x26
 _SERVER_KEEP_ALIVE: Final = 0x13
 _TOPIC_ALIAS: Final = 0x23
 
@@ -282,7 +281,6 @@ class Connection(asyncio.Protocol):
         self._keepalive_task: asyncio.Task[None] | None = None
         self.last_received = time.monotonic()
         self.session_present = False
-        self.server_keepalive_s: int | None = None
         self._debug = log.isEnabledFor(logging.DEBUG)  # a packet log, as paho's (slow)
 
     # -- asyncio.Protocol ------------------------------------------------------------------
@@ -431,7 +429,6 @@ class Connection(asyncio.Protocol):
             )
         server_keepalive = props.get(_SERVER_KEEP_ALIVE)
         if isinstance(server_keepalive, int):
-            self.server_keepalive_s = server_keepalive
             keepalive_s = server_keepalive
         if keepalive_s:
             self._keepalive_task = asyncio.create_task(self._keepalive(keepalive_s))
