@@ -107,7 +107,7 @@ class ProcessSpoolWriter:
         self._pending: deque[tuple[Sequence[NewRecord], asyncio.Future[list[AppendResult]]]] = (
             deque()
         )
-        self._started_at = 0.0
+        self._gone_at = 0.0  # when the last child was found dead
         self._stopping = False
         self._drained: asyncio.Event | None = None
         self._checkpointer: threading.Event | None = None
@@ -147,7 +147,6 @@ class ProcessSpoolWriter:
         self._in.clear()
         self._out.clear()
         self._writing = False
-        self._started_at = time.monotonic()
         self._loop.add_reader(parent.fileno(), self._on_readable)
         log.debug("spool writer process %d started", self._proc.pid)
 
@@ -160,7 +159,7 @@ class ProcessSpoolWriter:
         if self._loop is None or self._stopping:
             raise SpoolError("spool writer is not started")
         if self._sock is None:
-            if time.monotonic() - self._started_at < _RESTART_MIN_INTERVAL_S:
+            if time.monotonic() - self._gone_at < _RESTART_MIN_INTERVAL_S:
                 raise SpoolError("spool writer process is restarting")
             self._spawn()
         future: asyncio.Future[list[AppendResult]] = self._loop.create_future()
@@ -240,6 +239,7 @@ class ProcessSpoolWriter:
         """Fail what waits on the child; the next append starts a new one."""
         assert self._loop is not None
         sock, self._sock = self._sock, None
+        self._gone_at = time.monotonic()
         if sock is not None:
             self._loop.remove_reader(sock.fileno())
             if self._writing:
