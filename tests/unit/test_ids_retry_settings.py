@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import random
+import time
 import uuid
 from pathlib import Path
 
 import pytest
-from iotgw_core.ids import uuid7
+from iotgw_core.ids import uuid7, uuid7_str
 from iotgw_core.retry import RetryPolicy
 from iotgw_core.settings import CommonSettings, SettingsError, load_settings
 
@@ -22,6 +23,18 @@ def test_uuid7_is_version_7_and_increasing() -> None:
     assert all(i.version == 7 and i.variant == uuid.RFC_4122 for i in ids)
     assert ids == sorted(ids, key=lambda u: u.int)
     assert len(set(ids)) == len(ids)
+
+
+def test_uuid7_str_is_the_canonical_form_of_an_increasing_uuid7() -> None:
+    texts = [uuid7_str() for _ in range(5000)]
+    ids = [uuid.UUID(t) for t in texts]
+    assert [str(i) for i in ids] == texts  # canonical: lower-case 8-4-4-4-12
+    assert all(i.version == 7 and i.variant == uuid.RFC_4122 for i in ids)
+    assert ids == sorted(ids, key=lambda u: u.int) and len(set(ids)) == len(ids)
+    # The millisecond leads, and ids of the string and integer forms interleave in order.
+    before, middle, after = uuid7(), uuid.UUID(uuid7_str()), uuid7()
+    assert before.int < middle.int < after.int
+    assert abs((middle.int >> 80) - time.time_ns() // 1_000_000) < 5_000
 
 
 def test_full_jitter_backoff_stays_within_its_ceiling() -> None:
