@@ -46,8 +46,7 @@ from iotgw_core.validation import (
     MAX_SEQ,
     Reading,
     ValidationFailure,
-    decode_json,
-    validate_reading,
+    parse_reading,
 )
 
 from . import wire
@@ -106,7 +105,7 @@ def classify(
         return reject("payload_too_large", f"payload must be <= {max_payload} bytes")
     props = user_properties(message)
     try:
-        reading = validate_reading(decode_json(payload))
+        reading = parse_reading(payload)
     except ValidationFailure as exc:
         return reject(exc.code, exc.message)
     if reading.seq is None and "seq" in props:
