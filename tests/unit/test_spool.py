@@ -190,8 +190,9 @@ def test_duplicate_check_uses_the_idempotency_index(spool: Spool) -> None:
 
 
 def test_state_changes_look_rids_up_by_primary_key(spool: Spool) -> None:
-    # With ten or more rids SQLite's planner preferred ix_records_state for the state
-    # term and walked every record in that state: a cost that grew with the backlog.
+    # With ten or more rids SQLite's planner preferred an index on (state, updated_at)
+    # for the state term and walked every record in that state: a cost that grew with
+    # the backlog. The marks must stay lookups by primary key, whatever indexes exist.
     results, _ = spool.append_batch([rec(i) for i in range(600)])
     rids = [r.rid for r in results]
     statements: list[str] = []
@@ -306,3 +307,100 @@ def test_a_large_wal_starts_over_although_readers_overlapped_the_checkpoint(
     assert _wal_frames_after_a_reader(tmp_path / "a.db", restart_bytes=1 << 40) > 100
     # The RESTART round waits for the reader, and the next write starts the WAL over.
     assert _wal_frames_after_a_reader(tmp_path / "b.db", restart_bytes=64 << 10) <= 5
+
+
+# The schema of spool files written before `pending` (user_version 2), as it was.
+_V2_SCHEMA = """
+CREATE TABLE records (
+    rid INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, tenant TEXT NOT NULL,
+    device_id TEXT NOT NULL, seq INTEGER, state INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, created_at REAL NOT NULL,
+    updated_at REAL NOT NULL, acked_at REAL, traceparent TEXT, size INTEGER NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE UNIQUE INDEX ux_records_idempotency
+    ON records(tenant, device_id, seq) WHERE seq IS NOT NULL;
+CREATE INDEX ix_records_pending ON records(tenant, device_id, rid) WHERE state IN (0, 1);
+CREATE INDEX ix_records_pending_rid ON records(rid) WHERE state IN (0, 1);
+CREATE INDEX ix_records_state ON records(state, updated_at);
+CREATE TABLE totals (
+    one INTEGER PRIMARY KEY CHECK (one = 1), records INTEGER NOT NULL,
+    bytes INTEGER NOT NULL, next_rid INTEGER NOT NULL DEFAULT 1
+);
+INSERT INTO totals VALUES (1, 4, 40, 5);
+CREATE TRIGGER tr_records_delete AFTER DELETE ON records BEGIN
+    UPDATE totals SET records = records - 1, bytes = bytes - OLD.size WHERE one = 1;
+END;
+PRAGMA user_version = 2;
+"""
+
+
+def test_a_version_2_spool_is_migrated_with_its_records_in_their_states(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(_V2_SCHEMA)
+    for rid, state in enumerate((0, 1, 2, 3), start=1):
+        conn.execute(
+            "INSERT INTO records(rid, id, tenant, device_id, seq, state, created_at, updated_at,"
+            " size, body) VALUES (?, ?, 't', 'd1', ?, ?, 1.0, 1.0, 10, x'00')",
+            (rid, f"id-{rid}", rid, state),
+        )
+    conn.commit()
+    conn.close()
+    spool = Spool(path)
+    assert spool._conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    indexes = {r[0] for r in spool._conn.execute("SELECT name FROM sqlite_master")}
+    assert not indexes & {"ix_records_pending", "ix_records_pending_rid", "ix_records_state"}
+    assert {"ix_records_open", "ix_records_open_rid", "ix_records_acked"} <= indexes
+    assert spool.counts_by_state() == {"Enqueued": 1, "InFlight": 1, "Acked": 1, "Dead": 1}
+    assert spool.pending_rids_of_devices([("t", "d1", 10)]) == [1, 2]
+    assert spool.oldest_pending_created_at() == 1.0
+    # Opening it again (another process of the gateway) finds nothing left to do.
+    assert Spool(path).counts_by_state() == spool.counts_by_state()
+    results, _ = spool.append_batch([rec(5, seq=5)])
+    assert results[0].rid == 5 and not results[0].duplicate
+
+
+def test_pending_follows_the_state_through_every_change(spool: Spool) -> None:
+    from iotgw_core.spool import DeadLetterFilter
+
+    results, _ = spool.append_batch([rec(i, device=f"d{i % 3}", seq=i) for i in range(12)])
+    rids = [r.rid for r in results]
+    spool.mark_inflight(rids[:10])
+    spool.requeue(rids[:2])
+    spool.note_error(rids[2:4], "down")
+    spool.record_failure(rids[4:5], "boom")
+    spool.mark_acked(rids[5:8])
+    spool.mark_dead(rids[8:10], "bad")
+    spool.replay(DeadLetterFilter(ids=[results[8].id]))
+    rows = spool._conn.execute("SELECT state, pending FROM records").fetchall()
+    assert all(pending == (1 if state in (0, 1) else 0) for state, pending in rows), rows
+    by_state = dict(
+        spool._conn.execute("SELECT state, count(*) FROM records GROUP BY state").fetchall()
+    )
+    assert spool.counts_by_state() == {label.label: by_state.get(label.value, 0) for label in State}
+    assert spool.counts_by_state()["Dead"] == 1 and spool.counts_by_state()["Acked"] == 3
+    open_rids = spool.pending_rids_of_devices([("t", f"d{d}", 100) for d in range(3)])
+    assert sorted(open_rids) == sorted(rids[:5] + rids[8:9] + rids[10:])
+
+
+def test_an_inflight_mark_writes_no_index_of_open_records(spool: Spool) -> None:
+    # InFlight is the one state change every record makes that does not end it: it
+    # must not rewrite the (tenant, device, rid) and rid indexes of open records.
+    results, _ = spool.append_batch([rec(i, seq=i) for i in range(3)])
+    statements: list[str] = []
+    spool._conn.set_trace_callback(statements.append)
+    spool.mark_inflight([r.rid for r in results])
+    spool._conn.set_trace_callback(None)
+    (update,) = [s for s in statements if s.startswith("UPDATE records")]
+    roots = dict(spool._conn.execute("SELECT rootpage, name FROM sqlite_master WHERE rootpage"))
+    written = {
+        roots[row[3]] for row in spool._conn.execute("EXPLAIN " + update) if row[1] == "OpenWrite"
+    }
+    assert "records" in written and "ix_records_inflight" in written
+    assert not written & {
+        "ix_records_open",
+        "ix_records_open_rid",
+        "ux_records_idempotency",
+        "sqlite_autoindex_records_1",
+    }, written

@@ -30,7 +30,7 @@ from typing import Any, Literal
 import msgspec
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _CHUNK = 500  # bound on SQL parameters per statement
 _ROWS_PER_INSERT = 256  # 10 parameters a row: well under SQLite's 32,766
 _INSERT_PREFIX = (
@@ -58,14 +58,9 @@ CREATE TABLE IF NOT EXISTS records (
     acked_at    REAL,
     traceparent TEXT,
     size        INTEGER NOT NULL,
-    body        BLOB    NOT NULL              -- the envelope's JSON
+    body        BLOB    NOT NULL,             -- the envelope's JSON
+    pending     INTEGER NOT NULL DEFAULT 1    -- 1 while Enqueued or InFlight (see _INDEXES)
 );
-CREATE UNIQUE INDEX IF NOT EXISTS ux_records_idempotency
-    ON records(tenant, device_id, seq) WHERE seq IS NOT NULL;
-CREATE INDEX IF NOT EXISTS ix_records_pending
-    ON records(tenant, device_id, rid) WHERE state IN (0, 1);
-CREATE INDEX IF NOT EXISTS ix_records_pending_rid ON records(rid) WHERE state IN (0, 1);
-CREATE INDEX IF NOT EXISTS ix_records_state ON records(state, updated_at);
 CREATE TABLE IF NOT EXISTS totals (
     one      INTEGER PRIMARY KEY CHECK (one = 1),
     records  INTEGER NOT NULL,           -- kept by append_batch and the delete trigger
@@ -76,6 +71,24 @@ INSERT OR IGNORE INTO totals(one, records, bytes, next_rid) VALUES (1, 0, 0, 1);
 CREATE TRIGGER IF NOT EXISTS tr_records_delete AFTER DELETE ON records BEGIN
     UPDATE totals SET records = records - 1, bytes = bytes - OLD.size WHERE one = 1;
 END;
+"""
+
+# Every index is a B-tree that an insert or a state change writes to, and the
+# forwarder changes the state of every record twice (InFlight, then Acked). So
+# the "not done yet" indexes depend on `pending`, which InFlight leaves alone,
+# not on `state`: an InFlight mark writes to the row and to the small InFlight
+# index only. (An index whose WHERE clause or columns name an updated column
+# has its entry deleted and inserted again, even when it comes out the same.)
+# Acked and Dead each have their own partial index, instead of one on
+# (state, updated_at) that every record passed through three times.
+_INDEXES = """
+CREATE UNIQUE INDEX IF NOT EXISTS ux_records_idempotency
+    ON records(tenant, device_id, seq) WHERE seq IS NOT NULL;
+CREATE INDEX IF NOT EXISTS ix_records_open ON records(tenant, device_id, rid) WHERE pending = 1;
+CREATE INDEX IF NOT EXISTS ix_records_open_rid ON records(rid) WHERE pending = 1;
+CREATE INDEX IF NOT EXISTS ix_records_inflight ON records(rid) WHERE state = 1;
+CREATE INDEX IF NOT EXISTS ix_records_acked ON records(updated_at) WHERE state = 2;
+CREATE INDEX IF NOT EXISTS ix_records_dead ON records(rid) WHERE state = 3;
 """
 
 
@@ -226,9 +239,18 @@ class Spool:
             raise SpoolError(f"{self.path}: could not switch to WAL mode (got {mode})")
         self._conn.execute(f"PRAGMA synchronous={synchronous}")
         with self._lock:
-            self._conn.executescript(_SCHEMA)
-            self._migrate()
-            self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            # One transaction: processes opening the same spool at once (ingest,
+            # forwarder) see it either before or after the migration, never half-way.
+            self._conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA)
+            try:
+                self._migrate()
+                for statement in _INDEXES.split(";"):
+                    self._conn.execute(statement)
+                self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
             if appends_only:
                 self._conn.execute("PRAGMA busy_timeout=0")
 
@@ -297,15 +319,18 @@ class Spool:
                 self._conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_s * 1000)}")
 
     def _migrate(self) -> None:
+        """Bring an older spool file up to SCHEMA_VERSION (inside the opening transaction)."""
         version = int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+        run = self._conn.execute
         if version == 1:  # totals kept by an insert trigger; rids from SQLite
-            self._conn.executescript(
-                "BEGIN IMMEDIATE;"
-                "DROP TRIGGER IF EXISTS tr_records_insert;"
-                "ALTER TABLE totals ADD COLUMN next_rid INTEGER NOT NULL DEFAULT 1;"
-                "UPDATE totals SET next_rid = (SELECT coalesce(max(rid), 0) + 1 FROM records);"
-                "COMMIT;"
-            )
+            run("DROP TRIGGER IF EXISTS tr_records_insert")
+            run("ALTER TABLE totals ADD COLUMN next_rid INTEGER NOT NULL DEFAULT 1")
+            run("UPDATE totals SET next_rid = (SELECT coalesce(max(rid), 0) + 1 FROM records)")
+        if 0 < version < 3:  # state-keyed indexes -> `pending` and partial indexes
+            run("ALTER TABLE records ADD COLUMN pending INTEGER NOT NULL DEFAULT 1")
+            run("UPDATE records SET pending = 0 WHERE state IN (2, 3)")
+            for old in ("ix_records_pending", "ix_records_pending_rid", "ix_records_state"):
+                run(f"DROP INDEX IF EXISTS {old}")
 
     def close(self) -> None:
         """Close the connection."""
@@ -474,7 +499,7 @@ class Spool:
         with self._lock:
             rows = self._conn.execute(
                 f"SELECT {_RECORD_COLUMNS} FROM records WHERE tenant=? AND device_id=?"
-                " AND state IN (0,1) AND rid <= ? ORDER BY rid LIMIT ?",
+                " AND pending=1 AND rid <= ? ORDER BY rid LIMIT ?",
                 (tenant, device_id, upto_rid, limit),
             ).fetchall()
         return [_row_to_record(r) for r in rows]
@@ -485,7 +510,7 @@ class Spool:
         """Rids of the Enqueued/InFlight records of each ``(tenant, device_id, upto_rid)``.
 
         What :meth:`pending_of_device` finds (rid <= upto, oldest first, ``limit`` a
-        device), as rids only: read from ix_records_pending alone, without the rows,
+        device), as rids only: read from ix_records_open alone, without the rows,
         and for every device under one lock hold.
         """
         out: list[int] = []
@@ -495,7 +520,7 @@ class Spool:
                     rid
                     for (rid,) in self._conn.execute(
                         "SELECT rid FROM records WHERE tenant=? AND device_id=?"
-                        " AND state IN (0,1) AND rid <= ? ORDER BY rid LIMIT ?",
+                        " AND pending=1 AND rid <= ? ORDER BY rid LIMIT ?",
                         (tenant, device_id, upto_rid, limit),
                     )
                 )
@@ -508,7 +533,7 @@ class Spool:
         with self._lock:
             rows = self._conn.execute(
                 "SELECT rid, id, tenant, device_id, traceparent FROM records"
-                " WHERE state IN (0,1) AND rid > ? AND created_at < ? ORDER BY rid LIMIT ?",
+                " WHERE pending=1 AND rid > ? AND created_at < ? ORDER BY rid LIMIT ?",
                 (after_rid, created_before, limit),
             ).fetchall()
         return [(int(r[0]), str(r[1]), str(r[2]), str(r[3]), r[4]) for r in rows]
@@ -530,10 +555,12 @@ class Spool:
         with self._lock:
             self._conn.execute("BEGIN")  # one snapshot for the three reads
             try:
-                for state, count in self._conn.execute(
-                    "SELECT state, count(*) FROM records WHERE state IN (0, 1) GROUP BY state"
-                ):
-                    counts[State(state).label] = int(count)
+                one = self._conn.execute
+                open_ = int(one("SELECT count(*) FROM records WHERE pending=1").fetchone()[0])
+                counts["InFlight"] = int(
+                    one("SELECT count(*) FROM records WHERE state=1").fetchone()[0]
+                )
+                counts["Enqueued"] = open_ - counts["InFlight"]
                 dead = self._conn.execute("SELECT count(*) FROM records WHERE state = 3")
                 counts["Dead"] = int(dead.fetchone()[0])
                 total = int(self._conn.execute("SELECT records FROM totals").fetchone()[0])
@@ -546,7 +573,7 @@ class Spool:
         """Creation time of the oldest Enqueued/InFlight record, if any."""
         with self._lock:
             row = self._conn.execute(
-                "SELECT created_at FROM records WHERE state IN (0,1) ORDER BY rid LIMIT 1"
+                "SELECT created_at FROM records WHERE pending=1 ORDER BY rid LIMIT 1"
             ).fetchone()
         return None if row is None else float(row[0])
 
@@ -554,9 +581,9 @@ class Spool:
 
     def _update(self, sql: str, params: Sequence[object], rids: Sequence[int]) -> int:
         # The state changes below write ``+state``: the unary plus keeps SQLite's planner
-        # from using ix_records_state for the state term. Without it, an IN list of ten
-        # or more rids makes it walk every record in that state (the whole backlog) instead
-        # of looking the rids up by primary key: O(backlog) per mark, not O(batch).
+        # from using an index for the state term. (With the former index on (state,
+        # updated_at), an IN list of ten or more rids made it walk every record in that
+        # state, the whole backlog, instead of looking the rids up by primary key.)
         changed = 0
         with self._lock, self._write("update") as cur:
             for chunk in _chunks(rids):
@@ -576,8 +603,8 @@ class Spool:
         """Enqueued/InFlight -> Acked once the sink acknowledged them."""
         now = time.time()
         return self._update(
-            "UPDATE records SET state=2, attempts=attempts+1, updated_at=?, acked_at=?,"
-            " last_error=NULL WHERE +state IN (0,1) AND rid IN ({marks})",
+            "UPDATE records SET state=2, pending=0, attempts=attempts+1, updated_at=?,"
+            " acked_at=?, last_error=NULL WHERE +state IN (0,1) AND rid IN ({marks})",
             (now, now),
             rids,
         )
@@ -611,7 +638,8 @@ class Spool:
     def mark_dead(self, rids: Sequence[int], error: str, *, count_attempt: bool = True) -> int:
         """Enqueued/InFlight -> Dead with the last error; kept until replayed or purged."""
         return self._update(
-            "UPDATE records SET state=3, attempts=attempts+?, last_error=?, updated_at=?"
+            "UPDATE records SET state=3, pending=0, attempts=attempts+?, last_error=?,"
+            " updated_at=?"
             " WHERE +state IN (0,1) AND rid IN ({marks})",
             (1 if count_attempt else 0, error[:1000], time.time()),
             rids,
@@ -716,8 +744,8 @@ class Spool:
             for chunk in _chunks(rids):
                 marks = ",".join("?" * len(chunk))
                 cur.execute(
-                    "UPDATE records SET state=0, attempts=0, last_error=NULL, updated_at=?"
-                    f" WHERE state=3 AND rid IN ({marks})",
+                    "UPDATE records SET state=0, pending=1, attempts=0, last_error=NULL,"
+                    f" updated_at=? WHERE state=3 AND rid IN ({marks})",
                     (now, *chunk),
                 )
         out = []
