@@ -55,7 +55,8 @@ def uuid7_str() -> str:
     """
     ms, counter = _tick()
     rand = _random.getrandbits(62)
-    return "%08x-%04x-%04x-%04x-%012x" % (
+    # %-formatting: half the time of the same f-string with five format specs here.
+    return "%08x-%04x-%04x-%04x-%012x" % (  # noqa: UP031
         ms >> 16,
         ms & 0xFFFF,
         0x7000 | counter,
