@@ -272,8 +272,13 @@ class IngestPipeline:
             self._handoff.put_nowait(entries)
 
     async def _handoff_loop(self) -> None:
+        linger = self.settings.handoff_linger_s
         while True:
             entries = await self._handoff.get()
+            if linger and self._handoff.empty() and not self._shutting_down:
+                # The commits of the next few milliseconds go out in the same XADD: on
+                # the event loop, a Redis command costs more than the records it carries.
+                await asyncio.sleep(linger)
             batches = 1
             while not self._handoff.empty() and len(entries) < 5000:
                 entries.extend(self._handoff.get_nowait())

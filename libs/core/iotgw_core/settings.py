@@ -132,6 +132,17 @@ class CommonSettings(msgspec.Struct, kw_only=True, frozen=True):
     stream_group: Annotated[str, Meta(description="Consumer group of the forwarders.")] = (
         "forwarder"
     )
+    handoff_linger_s: Annotated[
+        float,
+        Meta(
+            ge=0,
+            le=1,
+            description="After a commit, an ingest waits this long for the next ones before"
+            " handing the records to the stream, so that one XADD carries several commits"
+            " (a record reaches the forwarder this much later; its sender is answered at"
+            " once).",
+        ),
+    ] = 0.005
     log_level: Annotated[
         Literal["DEBUG", "INFO", "WARNING", "ERROR"], Meta(description="Log level.")
     ] = "INFO"
