@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 import pytest
 from iotgw_core.ingest import IngestPipeline
 from iotgw_core.settings import CommonSettings, load_settings
@@ -19,6 +22,18 @@ async def _stream_rids(client: Redis, key: str) -> list[list[int]]:
     return [[e.rid for e in StreamEntry.unpack(entry_id, fields)] for entry_id, fields in raw]
 
 
+@contextlib.asynccontextmanager
+async def _running(env: dict[str, str], linger: str) -> AsyncIterator[IngestPipeline]:
+    pipeline = IngestPipeline(
+        load_settings(CommonSettings, {**env, "IOTGW_HANDOFF_LINGER_S": linger}), source="http"
+    )
+    await pipeline.start()
+    try:
+        yield pipeline
+    finally:
+        await pipeline.stop()
+
+
 async def _handed_off(pipeline: IngestPipeline) -> None:
     await until(lambda: pipeline._handoff._unfinished_tasks == 0, 10, "the hand-off done")
 
@@ -26,35 +41,25 @@ async def _handed_off(pipeline: IngestPipeline) -> None:
 async def test_commits_within_the_linger_go_out_in_one_entry(
     gateway_env: dict[str, str],
 ) -> None:
-    env = {**gateway_env, "IOTGW_HANDOFF_LINGER_S": "1.0"}
-    pipeline = IngestPipeline(load_settings(CommonSettings, env), source="http")
-    await pipeline.start()
-    try:
+    async with _running(gateway_env, "1.0") as pipeline:
         results = [await ingest(pipeline, "dev", range(n, n + 2)) for n in (0, 2, 4)]
         # Three commits answered (durable) while their hand-off still waits.
         assert await pipeline.stream.length() == 0
         await _handed_off(pipeline)
         got = await _stream_rids(pipeline.redis, pipeline.stream.key)
         assert got == [[r.rid for batch in results for r in batch]]  # one entry, commit order
-    finally:
-        await pipeline.stop()
 
 
 async def test_without_a_linger_each_commit_is_handed_off_on_its_own(
     gateway_env: dict[str, str],
 ) -> None:
-    env = {**gateway_env, "IOTGW_HANDOFF_LINGER_S": "0"}
-    pipeline = IngestPipeline(load_settings(CommonSettings, env), source="http")
-    await pipeline.start()
-    try:
+    async with _running(gateway_env, "0") as pipeline:
         results = []
         for n in (0, 2, 4):
             results.append(await ingest(pipeline, "dev", range(n, n + 2)))
             await _handed_off(pipeline)
         got = await _stream_rids(pipeline.redis, pipeline.stream.key)
         assert got == [[r.rid for r in batch] for batch in results]
-    finally:
-        await pipeline.stop()
 
 
 async def test_stopping_hands_off_what_lingers(gateway_env: dict[str, str]) -> None:

@@ -11,9 +11,9 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import msgspec
 from iotgw_core import metrics, telemetry
@@ -40,6 +40,7 @@ from .openapi import build_openapi
 from .settings import IngestHttpSettings
 
 log = logging.getLogger(__name__)
+_Parsed = TypeVar("_Parsed")
 SOURCE: Final = "http"
 _encode = msgspec.json.Encoder().encode
 # Label children bound once: .labels() costs a dict lookup under a lock per call.
@@ -95,9 +96,12 @@ def _is_json(request: Request[Any, Any, Any]) -> bool:
 
 
 async def _read_checked(
-    request: Request[Any, Any, Any], pipeline: IngestPipeline, device_id: str
-) -> bytes | Response[bytes]:
-    """Common front half of both ingest paths; returns the authorized body or an error Response."""
+    request: Request[Any, Any, Any],
+    pipeline: IngestPipeline,
+    device_id: str,
+    parse: Callable[[bytes], _Parsed],
+) -> _Parsed | Response[bytes]:
+    """Common front half of both ingest paths: the parsed body, or the error Response."""
     _RECEIVED.inc()
     try:
         check_device_id(device_id)
@@ -111,7 +115,12 @@ async def _read_checked(
         return error(415, "unsupported_media_type", "Content-Type must be application/json")
     body = await request.body()  # over the handler's limit: RequestEntityTooLarge -> 413
     denied = _authorize(request, device_id, body)
-    return body if denied is None else denied
+    if denied is not None:
+        return denied
+    try:
+        return parse(body)
+    except ValidationFailure as exc:
+        return _invalid(exc)
 
 
 def _invalid(exc: ValidationFailure) -> Response[bytes]:
@@ -193,13 +202,9 @@ async def ingest(request: Request[Any, Any, Any]) -> Response[bytes]:
     # argument costs a signature-model pass per request on the hot path.
     device_id: str = request.path_params["device_id"]
     pipeline = _pipeline(request)
-    body = await _read_checked(request, pipeline, device_id)
-    if isinstance(body, Response):
-        return body
-    try:
-        reading = parse_reading(body)
-    except ValidationFailure as exc:
-        return _invalid(exc)
+    reading = await _read_checked(request, pipeline, device_id, parse_reading)
+    if isinstance(reading, Response):
+        return reading
     tenant, site = _origin(request)
     record = pipeline.build(
         reading,
@@ -225,13 +230,9 @@ async def ingest_batch(
     """Ingest a list of readings in one transaction, with a result per reading."""
     pipeline = _pipeline(request)
     settings = _settings(request)
-    body = await _read_checked(request, pipeline, device_id)
-    if isinstance(body, Response):
-        return body
-    try:
-        decoded = decode_json(body)
-    except ValidationFailure as exc:
-        return _invalid(exc)
+    decoded = await _read_checked(request, pipeline, device_id, decode_json)
+    if isinstance(decoded, Response):
+        return decoded
     if not isinstance(decoded, list):
         metrics.EVENTS_REJECTED.labels(SOURCE, "invalid_batch").inc()
         return error(400, "invalid_batch", "batch body must be a JSON array of readings")
