@@ -240,3 +240,22 @@ def test_fast_path_agrees_on_edge_bodies(body: bytes) -> None:
     except ValidationFailure as exc:
         got = exc.code
     assert got == slow_path(body)
+
+
+def test_utc_now_is_the_current_millisecond_in_rfc_3339() -> None:
+    import time
+    from datetime import UTC, datetime
+
+    from iotgw_core.validation import utc_now
+
+    seconds = set()
+    deadline = time.monotonic() + 1.2  # across a change of second, where the prefix is redone
+    while time.monotonic() < deadline:
+        before = time.time()
+        text = utc_now()
+        after = time.time()
+        stamp = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%f%z")
+        assert stamp.tzinfo == UTC and text.endswith("Z") and len(text) == 24, text
+        assert before - 0.001 <= stamp.timestamp() <= after, (text, before, after)
+        seconds.add(text[:19])
+    assert len(seconds) >= 2

@@ -225,14 +225,20 @@ def format_timestamp(moment: datetime) -> str:
     return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 
 
-_now_cache: tuple[int, str] = (-1, "")
+_now_ms = -1
+_now_text = ""
+_second = -1
+_second_prefix = ""
 
 
 def utc_now() -> str:
     """The current time as an RFC 3339 UTC timestamp (millisecond precision)."""
-    global _now_cache
+    global _now_ms, _now_text, _second, _second_prefix
     ms = time.time_ns() // 1_000_000
-    if ms != _now_cache[0]:  # many readings arrive within one millisecond under load
-        moment = datetime.fromtimestamp(ms / 1000, UTC)
-        _now_cache = (ms, format_timestamp(moment))
-    return _now_cache[1]
+    if ms != _now_ms:  # many readings arrive within one millisecond under load
+        second, millis = divmod(ms, 1000)
+        if second != _second:  # formatting a datetime costs ~20x the rest: once a second
+            moment = datetime.fromtimestamp(second, UTC)
+            _second, _second_prefix = second, moment.strftime("%Y-%m-%dT%H:%M:%S.")
+        _now_ms, _now_text = ms, f"{_second_prefix}{millis:03d}Z"
+    return _now_text
