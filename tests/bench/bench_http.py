@@ -26,9 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.bench.clock import Clock, with_children
+from tests.bench.clock import Clock, OutboxLines, with_children
 from tests.support.procs import RedisServer, free_port, python_service, wait_port
-from tests.support.stack import outbox_records, wait_until
+from tests.support.stack import wait_until
 
 CONNECTIONS = 64
 DURATION_S = 15
@@ -145,7 +145,8 @@ def run() -> dict[str, float]:
             alone = _median_run(alones)
             stored = sum(a["requests"] - a["non_2xx"] for a in alones)
             forwarder.start()
-            wait_until(lambda: len(outbox_records(work / "outbox")) >= stored, 300, "backlog")
+            lines = OutboxLines(work / "outbox")  # the polls read only what is new
+            wait_until(lambda: lines() >= stored, 300, "backlog")
             # The uplink up: the forwarder drains into the file sink while ingest runs.
             (work / "ingest.lua").write_text(LUA_INGEST.replace("counter = 0", "counter = 1e9"))
             durable = wrk(
@@ -157,9 +158,7 @@ def run() -> dict[str, float]:
             )
             accepted = stored + durable["requests"] - durable["non_2xx"]
             started = time.monotonic()
-            wait_until(
-                lambda: len(outbox_records(work / "outbox")) >= accepted, 300, "outbox drained"
-            )
+            wait_until(lambda: lines() >= accepted, 300, "outbox drained")
             drain_s = time.monotonic() - started
             # The floor, with the uplink down again as for "ingest alone".
             forwarder.stop()

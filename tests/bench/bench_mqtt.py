@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.bench.clock import Clock, with_children
+from tests.bench.clock import Clock, OutboxLines, with_children
 
 DEVICES = 3
 PER_DEVICE = int(os.environ.get("BENCH_MQTT_PER_DEVICE", "10000"))
@@ -129,10 +129,6 @@ def _wait(check: Any, what: str) -> None:
     raise RuntimeError(f"bench: timed out waiting for {what}")
 
 
-def _outbox_lines(outbox: Path) -> int:
-    return sum(p.read_bytes().count(b"\n") for p in outbox.glob("outbox-*.jsonl"))
-
-
 def run_gateway(work: Path) -> tuple[float, float]:
     """Messages/s through edge broker, ingest-mqtt, spool, stream, forwarder, file sink."""
     from tests.support.mosquitto import MosquittoBroker, mqtt_ingest_service
@@ -178,7 +174,8 @@ def run_gateway(work: Path) -> tuple[float, float]:
             }
         ).start()
         go.touch()
-        _wait(lambda: _outbox_lines(work / "outbox") >= total, "the outbox")
+        lines = OutboxLines(work / "outbox")
+        _wait(lambda: lines() >= total, "the outbox")
         figures = clock.stop(total)
         clock.report("gateway", "message")
         return figures

@@ -69,3 +69,27 @@ class Clock:
         if self.per_process:
             parts = ", ".join(f"{name} {us:g}" for name, us in self.per_process.items())
             print(f"{label}: CPU µs per {unit} by process: {parts}", flush=True)
+
+
+class OutboxLines:
+    """Lines in the outbox files so far, reading only what was appended since the last call.
+
+    The clock's poll runs on the same two cores as the gateway: re-reading every
+    file each 50 ms cost it up to ~14 MB a poll by the end of a run.
+    """
+
+    def __init__(self, outbox: Path) -> None:
+        self.outbox = outbox
+        self.offsets: dict[Path, int] = {}
+        self.lines = 0
+
+    def __call__(self) -> int:
+        for path in sorted(self.outbox.glob("outbox-*.jsonl")):
+            with path.open("rb") as f:
+                f.seek(self.offsets.get(path, 0))
+                chunk = f.read()
+            # Only whole lines count; a partly written last line is read again next time.
+            whole = chunk.rfind(b"\n") + 1
+            self.lines += chunk.count(b"\n", 0, whole)
+            self.offsets[path] = self.offsets.get(path, 0) + whole
+        return self.lines
