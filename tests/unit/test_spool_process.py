@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from iotgw_core import spool_process
@@ -26,17 +29,26 @@ def spool(tmp_path: Path) -> Spool:
     return Spool(tmp_path / "s.db", busy_timeout_ms=2000)
 
 
-async def test_appends_share_transactions_and_answer_after_the_commit(spool: Spool) -> None:
-    commits: list[tuple[int, Totals]] = []
-    writer = ProcessSpoolWriter(
-        spool, max_batch=256, on_commit=lambda r, res, t: commits.append((len(r), t))
-    )
+@contextlib.asynccontextmanager
+async def running(spool: Spool, **options: Any) -> AsyncIterator[ProcessSpoolWriter]:
+    """A started writer, stopped (its child gone) on the way out."""
+    writer = ProcessSpoolWriter(spool, **options)
     writer.start()
     try:
-        results = await asyncio.gather(*(writer.append(rec(i, seq=i)) for i in range(1000)))
-        again = await writer.append_many([rec(5000, seq=3), rec(5001, seq=1000)])
+        yield writer
     finally:
         await writer.stop()
+
+
+async def test_appends_share_transactions_and_answer_after_the_commit(spool: Spool) -> None:
+    commits: list[tuple[int, Totals]] = []
+
+    def hook(records: Sequence[NewRecord], results: object, totals: Totals) -> None:
+        commits.append((len(records), totals))
+
+    async with running(spool, max_batch=256, on_commit=hook) as writer:
+        results = await asyncio.gather(*(writer.append(rec(i, seq=i)) for i in range(1000)))
+        again = await writer.append_many([rec(5000, seq=3), rec(5001, seq=1000)])
     assert [r.rid for r in results] == list(range(1, 1001))  # commit order is append order
     assert [r.id for r in results] == [f"id-{i}" for i in range(1000)]
     assert not any(r.duplicate for r in results)
@@ -61,9 +73,7 @@ def take_write_lock(spool: Spool) -> sqlite3.Connection:
 async def test_a_failed_transaction_fails_its_senders_and_the_child_goes_on(
     spool: Spool,
 ) -> None:
-    writer = ProcessSpoolWriter(spool)
-    writer.start()
-    try:
+    async with running(spool) as writer:
         assert (await writer.append(rec(0, seq=0))).rid == 1
         blocker = take_write_lock(spool)  # held longer than the busy timeout
         outcomes = await asyncio.gather(
@@ -74,17 +84,13 @@ async def test_a_failed_transaction_fails_its_senders_and_the_child_goes_on(
         pid = writer.pid
         assert (await writer.append(rec(6, seq=6))).rid == 2
         assert writer.pid == pid  # the same child
-    finally:
-        await writer.stop()
     assert Spool(spool.path).totals().records == 2
 
 
 async def test_a_killed_child_fails_what_waits_and_the_next_append_starts_another(
     spool: Spool,
 ) -> None:
-    writer = ProcessSpoolWriter(spool)
-    writer.start()
-    try:
+    async with running(spool) as writer:
         await writer.append(rec(0, seq=0))
         blocker = take_write_lock(spool)  # the child waits on the lock with these
         waiting = [asyncio.ensure_future(writer.append(rec(i, seq=i))) for i in range(1, 4)]
@@ -101,8 +107,6 @@ async def test_a_killed_child_fails_what_waits_and_the_next_append_starts_anothe
         result = await writer.append(rec(1, seq=1))  # the sender's retry
         assert not result.duplicate  # the killed transaction left nothing behind
         assert writer.pid not in (None, first)
-    finally:
-        await writer.stop()
     assert Spool(spool.path).totals().records == 2
 
 
