@@ -145,8 +145,9 @@ class RecordStream:
     async def ack(self, entry_ids: Sequence[str], *, acked_records: Sequence[str] = ()) -> None:
         """XACK and delete finished entries (the stream keeps only unfinished records).
 
-        ``acked_records`` (record ids) are published as :meth:`publish_acked` does, in
-        the same round trip. A failed XACK/XDEL raises; a refused PUBLISH is ignored.
+        ``acked_records`` (record ids) are published on :attr:`acked_channel` for the
+        requests waiting in ack mode ``sink``, in the same round trip. A failed
+        XACK/XDEL raises; a refused PUBLISH is ignored.
         """
         if not entry_ids and not acked_records:
             return
@@ -182,8 +183,3 @@ class RecordStream:
     async def length(self) -> int:
         """Entries in the stream (records handed off and not yet done)."""
         return int(await self.client.xlen(self.key))
-
-    async def publish_acked(self, record_ids: Sequence[str]) -> None:
-        """Tell waiting ingest requests (ack mode ``sink``) that these records were acked."""
-        if record_ids:
-            await self.client.publish(self.acked_channel, ",".join(record_ids))
