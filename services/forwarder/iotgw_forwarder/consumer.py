@@ -6,13 +6,14 @@ record failed waits out its backoff while other devices go on. The spool
 is the truth: a stream entry only says "look at rid N"; an entry whose record
 is already Acked or Dead is just acknowledged.
 
-The three spool calls every record passes through (load, mark InFlight, mark
-Acked) run on the event loop, not on a worker thread: a batch's call takes a
-few milliseconds, during which the loop has nothing else to do (a round
-waits for each of them anyway), and the thread hop around it (submit, wake
-the worker, wake the loop through its self-pipe) took 15-20% of the
-forwarder's CPU in py-spy. Rarer and longer calls (retention, gauges, the
-reconciler's scans, the failure paths) stay on threads.
+The spool calls of every round (load, the index lookup of older pending
+records of devices without a lane, mark InFlight, mark Acked) run on the
+event loop, not on a worker thread: a batch's call takes a few milliseconds,
+during which the loop has nothing else to do (a round waits for each of them
+anyway), and the thread hop around it (submit, wake the worker, wake the
+loop through its self-pipe) took 15-20% of the forwarder's CPU in py-spy.
+Rarer and longer calls (loading records the stream lost, retention, gauges,
+the reconciler's scans, the failure paths) stay on threads.
 """
 
 from __future__ import annotations
@@ -226,7 +227,8 @@ class Forwarder:
         unseen = [(key[0], key[1], upto) for key, upto in newest.items() if not self.lanes.get(key)]
         if unseen:
             # Rids first (from the index alone): rows only for those not already here.
-            rids = await asyncio.to_thread(self.spool.pending_rids_of_devices, unseen)
+            # (A lane empties after each delivery, so this runs on most takes: on the loop.)
+            rids = self.spool.pending_rids_of_devices(unseen)
             missing = [rid for rid in rids if rid not in by_rid and rid not in self.items]
             if missing:
                 older = await asyncio.to_thread(self.spool.load, missing)
