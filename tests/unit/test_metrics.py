@@ -6,7 +6,7 @@ import math
 
 import pytest
 from iotgw_core import metrics
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Histogram, generate_latest
 
 pytestmark = pytest.mark.unit
 
@@ -53,3 +53,61 @@ def test_observe_many_on_a_labelled_parent_fails_like_observe() -> None:
         parent.observe(1.0)
     with pytest.raises(ValueError):
         metrics.observe_many(parent, [1.0])
+
+
+def _value(name: str, **labels: str) -> float | None:
+    return REGISTRY.get_sample_value(name, labels)
+
+
+def test_a_tally_reaches_its_counter_when_the_registry_is_collected() -> None:
+    tally = metrics.Tally(metrics.EVENTS_RECEIVED.labels("tally-test"))
+    before = _value("gateway_events_received_total", source="tally-test") or 0.0
+    tally.count += 3
+    tally.count += 2
+    assert _value("gateway_events_received_total", source="tally-test") == before + 5
+    assert 'gateway_events_received_total{source="tally-test"} 5.0' in generate_latest().decode()
+    tally.count += 1
+    assert _value("gateway_events_received_total", source="tally-test") == before + 6
+
+
+def test_queued_observations_count_like_observe_and_are_bounded() -> None:
+    one, many = CollectorRegistry(), CollectorRegistry()
+    single = Histogram("h", "h", buckets=metrics.LATENCY_BUCKETS, registry=one)
+    batched = Histogram("h", "h", buckets=metrics.LATENCY_BUCKETS, registry=many)
+    queued = metrics.Observations(batched, limit=4)
+    amounts = [0.0005, 0.002, 0.03, 7.0, 0.0009]
+    for amount in amounts[:3]:
+        single.observe(amount)
+        queued.add(amount)
+    assert _samples(many)[("h_count", "")] == 0  # still queued
+    for amount in amounts[3:]:
+        single.observe(amount)
+        queued.add(amount)
+    assert _samples(many)[("h_count", "")] == 4  # the limit observed the first four
+    metrics.flush()
+    assert _samples(many) == _samples(one)
+
+
+def test_device_metrics_count_records_duplicates_gaps_and_overflow() -> None:
+    devices = metrics.DeviceMetrics(max_devices=2)
+    overflow = _value("gateway_device_label_overflow_total") or 0.0
+    devices.observe("tn", "d1", 1, duplicate=False, now=100.0)
+    devices.observe("tn", "d1", 4, duplicate=False, now=101.0)  # 2 and 3 skipped
+    devices.observe("tn", "d1", 4, duplicate=True)
+    devices.observe("tn", "d2", 9, duplicate=True)  # only ever repeats
+    devices.observe("tn", "d3", 1, duplicate=False, now=102.0)  # over the limit
+    devices.observe("tn", "d4", 1, duplicate=False, now=103.0)  # over the limit
+    assert _value("gateway_device_records_total", tenant="tn", device_id="d1") == 2
+    assert _value("gateway_device_last_seen_timestamp_seconds", tenant="tn", device_id="d1") == 101
+    assert _value("gateway_device_seq_gaps_total", tenant="tn", device_id="d1") == 2
+    assert _value("gateway_device_duplicates_total", tenant="tn", device_id="d1") == 1
+    assert _value("gateway_device_duplicates_total", tenant="tn", device_id="d2") == 1
+    assert _value("gateway_device_records_total", tenant="tn", device_id="d2") is None
+    assert _value("gateway_device_records_total", tenant="tn", device_id="_other") == 2
+    last_seen = "gateway_device_last_seen_timestamp_seconds"
+    assert _value(last_seen, tenant="tn", device_id="_other") == 103
+    assert _value("gateway_device_records_total", tenant="tn", device_id="d3") is None
+    assert _value("gateway_device_label_overflow_total") == overflow + 2
+    devices.observe("tn", "d1", 5, duplicate=False, now=104.0)
+    assert _value("gateway_device_records_total", tenant="tn", device_id="d1") == 3
+    assert _value("gateway_device_last_seen_timestamp_seconds", tenant="tn", device_id="d1") == 104

@@ -32,6 +32,7 @@ from .validation import Reading, utc_now
 
 log = logging.getLogger(__name__)
 
+_COMMIT_SECONDS = metrics.Observations(metrics.SPOOL_COMMIT_SECONDS)
 TRACEPARENT_RE = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 
 
@@ -249,11 +250,20 @@ class IngestPipeline:
         else:  # the hot path without tracing: no span bookkeeping at all
             results = await self.writer.append_many(records)
             exemplar = None
-        metrics.SPOOL_COMMIT_SECONDS.observe(time.perf_counter() - started, exemplar=exemplar)
+        if exemplar is None:
+            _COMMIT_SECONDS.add(time.perf_counter() - started)
+        else:
+            metrics.SPOOL_COMMIT_SECONDS.observe(time.perf_counter() - started, exemplar=exemplar)
+        now = time.time()
         for rec, res in zip(records, results, strict=True):
             reconnects = self._reconnects.pop(rec.id, None) if self._reconnects else None
             metrics.DEVICES.observe(
-                rec.tenant, rec.device_id, rec.seq, duplicate=res.duplicate, reconnects=reconnects
+                rec.tenant,
+                rec.device_id,
+                rec.seq,
+                duplicate=res.duplicate,
+                reconnects=reconnects,
+                now=now,
             )
         return results
 

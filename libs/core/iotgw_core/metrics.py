@@ -1,11 +1,124 @@
-"""Prometheus metrics of the gateway; every one is listed in docs/metrics.md."""
+"""Prometheus metrics of the gateway; every one is listed in docs/metrics.md.
+
+Counts taken once per reading on an ingest's event loop (readings received,
+accepted, per device, commit latency) are kept in plain Python numbers
+(:class:`Tally`, :class:`DeviceMetrics`, :class:`Observations`) and added to
+their Prometheus metrics when the registry is collected, i.e. at every scrape:
+a Prometheus ``inc`` checks its arguments and takes a lock, several times per
+request on a loop that serves thousands of requests a second. A scrape sees
+every count made before it; nothing else reads these metrics.
+"""
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+
+class _FlushOnCollect(Collector):
+    """Adds the pending plain counts to their metrics; collected before any of them.
+
+    The default registry collects in registration order, and this is registered
+    before every metric of this module.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # a scrape thread and the event loop may both collect
+        self.hooks: list[Flushable] = []
+
+    def collect(self) -> Iterable[Metric]:
+        with self._lock:
+            for hook in self.hooks:
+                hook.flush()
+        return iter(())
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # no metric of its own (and no collect() at registration)
+
+
+class Flushable:
+    """Something holding counts to add to Prometheus metrics at collection."""
+
+    __slots__ = ()
+
+    def flush(self) -> None:
+        """Add what was counted since the last flush to the Prometheus metrics."""
+        raise NotImplementedError
+
+
+_FLUSH = _FlushOnCollect()
+REGISTRY.register(_FLUSH)
+
+
+def flush() -> None:
+    """Add every pending plain count to its metric now (collecting the registry does this)."""
+    _FLUSH.collect()
+
+
+class Tally(Flushable):
+    """A count on a hot path: ``tally.count += n``, added to a counter child when collected.
+
+    Only the owning event loop increments ``count``; a flush reads it (an atomic
+    read of an int) and adds the difference to the last flushed value, so a
+    flush on a scrape thread loses no increment.
+    """
+
+    __slots__ = ("_child", "_flushed", "count")
+
+    def __init__(self, child: Counter) -> None:
+        self.count = 0
+        self._child = child
+        self._flushed = 0
+        _FLUSH.hooks.append(self)
+
+    def flush(self) -> None:
+        """Add the increments since the last flush to the counter."""
+        count = self.count
+        if count != self._flushed:
+            self._child.inc(count - self._flushed)
+            self._flushed = count
+
+
+class Observations(Flushable):
+    """Histogram observations queued on a hot path and observed in bulk when collected.
+
+    At most ``limit`` wait: the next ``add`` observes them all (so a process
+    that nobody scrapes does not grow). Observations that carry an exemplar go
+    straight to ``histogram.observe``.
+    """
+
+    def __init__(self, histogram: Histogram, limit: int = 4096) -> None:
+        self.histogram = histogram
+        self.limit = limit
+        self._queue: deque[float] = deque()  # append / popleft are atomic: no lock needed
+        _FLUSH.hooks.append(self)
+
+    def add(self, amount: float) -> None:
+        """Queue one observation."""
+        self._queue.append(amount)
+        if len(self._queue) >= self.limit:
+            self.flush()
+
+    def flush(self) -> None:
+        """Observe what is queued."""
+        queue = self._queue
+
+        def drain() -> Iterator[float]:
+            while True:
+                try:
+                    yield queue.popleft()
+                except IndexError:
+                    return
+
+        observe_many(self.histogram, drain())
+
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -188,25 +301,54 @@ def observe_many(histogram: Histogram, amounts: Iterable[float]) -> None:
         buckets[index].inc(count)
 
 
-class DeviceMetrics:
-    """Per-device counters with a bound on the number of device label values."""
+class _Device:
+    """Plain counts of one device label, added to its series at collection.
+
+    A series is created by the first flush with something to add to it, as
+    ``labels()`` would on first use: a device that only ever sent repeats has
+    no records series, and one without repeats no duplicates series.
+    """
+
+    __slots__ = ("duplicates", "flushed", "flushed_dups", "labels", "records", "seen")
+
+    def __init__(self, tenant: str, device_id: str) -> None:
+        self.labels = (tenant, device_id)
+        self.records = self.flushed = self.duplicates = self.flushed_dups = 0
+        self.seen = 0.0
+
+    def flush(self) -> None:
+        records, duplicates = self.records, self.duplicates
+        if records != self.flushed:
+            DEVICE_RECORDS.labels(*self.labels).inc(records - self.flushed)
+            DEVICE_LAST_SEEN.labels(*self.labels).set(self.seen)
+            self.flushed = records
+        if duplicates != self.flushed_dups:
+            DEVICE_DUPLICATES.labels(*self.labels).inc(duplicates - self.flushed_dups)
+            self.flushed_dups = duplicates
+
+
+class DeviceMetrics(Flushable):
+    """Per-device counters with a bound on the number of device label values.
+
+    Records, duplicates and last-seen time are plain numbers per device, added
+    to their series when the registry is collected; sequence gaps and
+    reconnects (rare) go to their counters at once.
+    """
 
     def __init__(self, max_devices: int = 1000) -> None:
         self.max_devices = max_devices
-        self._labels: dict[tuple[str, str], tuple[str, str]] = {}
+        self._devices: dict[tuple[str, str], _Device] = {}
+        self._others: dict[str, _Device] = {}  # per tenant: devices over the limit
+        self._overflow = Tally(DEVICE_LABEL_OVERFLOW)
         self._last_seq: dict[tuple[str, str], int] = {}
         self._reconnects: dict[tuple[str, str], float] = {}
-        self._children: dict[tuple[str, str], tuple[Counter, Gauge]] = {}
+        _FLUSH.hooks.append(self)
 
-    def _label(self, tenant: str, device_id: str) -> tuple[str, str] | None:
-        key = (tenant, device_id)
-        label = self._labels.get(key)
-        if label is None:
-            if len(self._labels) >= self.max_devices:
-                DEVICE_LABEL_OVERFLOW.inc()
-                return None
-            label = self._labels[key] = key
-        return label
+    def flush(self) -> None:
+        """Add every device's counts since the last flush to its series."""
+        # list() copies in one step under the GIL: the loop may add devices meanwhile.
+        for device in [*self._devices.values(), *self._others.values()]:
+            device.flush()
 
     def observe(
         self,
@@ -216,38 +358,41 @@ class DeviceMetrics:
         *,
         duplicate: bool,
         reconnects: float | None = None,
+        now: float | None = None,
     ) -> None:
-        """Count one committed reading of a device (after its spool commit)."""
-        label = self._label(tenant, device_id)
-        tracked = label is not None
-        tenant_l, device_l = label if label is not None else (tenant, OTHER_DEVICES)
+        """Count one committed reading of a device (after its spool commit) at ``now``."""
+        key = (tenant, device_id)
+        device = self._devices.get(key)
+        tracked = True
+        if device is None:
+            if len(self._devices) < self.max_devices:
+                device = self._devices[key] = _Device(tenant, device_id)
+            else:
+                self._overflow.count += 1
+                tracked = False
+                device = self._others.get(tenant)
+                if device is None:
+                    device = self._others[tenant] = _Device(tenant, OTHER_DEVICES)
         if duplicate:
-            DEVICE_DUPLICATES.labels(tenant_l, device_l).inc()
+            device.duplicates += 1
             return
-        children = self._children.get((tenant_l, device_l))
-        if children is None:  # bound once per device label: .labels() is a locked lookup
-            children = self._children[(tenant_l, device_l)] = (
-                DEVICE_RECORDS.labels(tenant_l, device_l),
-                DEVICE_LAST_SEEN.labels(tenant_l, device_l),
-            )
-        children[0].inc()
-        children[1].set_to_current_time()
+        device.records += 1
+        device.seen = time.time() if now is None else now
         if not tracked:
             return
-        key = (tenant, device_id)
         if seq is not None:
             last = self._last_seq.get(key)
             if last is not None and seq > last + 1:
-                DEVICE_SEQ_GAPS.labels(tenant_l, device_l).inc(seq - last - 1)
+                DEVICE_SEQ_GAPS.labels(tenant, device_id).inc(seq - last - 1)
             # A smaller seq is a late reading or a device restart: no gap, new baseline.
             if last is None or seq > last or seq < last - 1000:
                 self._last_seq[key] = seq
         if reconnects is not None:
             before = self._reconnects.get(key)
             if before is not None and reconnects > before:
-                DEVICE_RECONNECTS.labels(tenant_l, device_l).inc(reconnects - before)
+                DEVICE_RECONNECTS.labels(tenant, device_id).inc(reconnects - before)
             elif before is not None and reconnects < before:
-                DEVICE_RECONNECTS.labels(tenant_l, device_l).inc(reconnects)  # counter reset
+                DEVICE_RECONNECTS.labels(tenant, device_id).inc(reconnects)  # counter reset
             self._reconnects[key] = reconnects
 
 

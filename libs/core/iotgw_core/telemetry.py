@@ -478,6 +478,7 @@ def metrics_payload(accept: str | None) -> tuple[bytes, str]:
     """
     registry: CollectorRegistry = REGISTRY
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        metrics.flush()  # the default registry (which flushes when collected) is not read here
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()
