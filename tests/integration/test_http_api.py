@@ -111,6 +111,23 @@ async def test_415_when_not_json(client: AsyncTestClient[Any]) -> None:
         "/v1/ingest/dev", content=json.dumps(GOOD), headers={"Content-Type": "text/plain"}
     )
     assert r.status_code == 415
+    r = await client.post("/v1/ingest/dev", content=json.dumps(GOOD))  # no Content-Type
+    assert (r.status_code, r.json()["code"]) == (415, "unsupported_media_type")
+
+
+@pytest.mark.parametrize(
+    "ctype",
+    [
+        "application/json",
+        "application/json; charset=utf-8",
+        "Application/JSON",
+        "application/vnd.x+json",
+    ],
+)
+async def test_every_json_media_type_is_accepted(client: AsyncTestClient[Any], ctype: str) -> None:
+    body = json.dumps({**GOOD, "seq": 900 + len(ctype)})
+    r = await client.post("/v1/ingest/dev", content=body, headers={"Content-Type": ctype})
+    assert r.status_code == 202, r.text
 
 
 async def test_413_over_the_limit(

@@ -85,7 +85,7 @@ def _error(status: int, code: str, message: str) -> Response[bytes]:
 
 
 def _pipeline(request: Request[Any, Any, Any]) -> IngestPipeline:
-    pipeline: IngestPipeline = request.app.state.pipeline
+    pipeline: IngestPipeline = request.app.state["pipeline"]
     return pipeline
 
 

@@ -88,11 +88,19 @@ def _header(request: Request[Any, Any, Any], name: bytes) -> str | None:
 
 
 def _is_json(request: Request[Any, Any, Any]) -> bool:
-    ctype = _header(request, b"content-type") or ""
-    media = ctype.split(";", 1)[0].strip().lower()
-    return media == "application/json" or (
-        media.startswith("application/") and media.endswith("+json")
-    )
+    for key, value in request.scope["headers"]:
+        if key == b"content-type":
+            if value == b"application/json":  # what nearly every client sends
+                return True
+            media = bytes(value).decode("latin-1").split(";", 1)[0].strip().lower()
+            return media == "application/json" or (
+                media.startswith("application/") and media.endswith("+json")
+            )
+    return False
+
+
+_Origin = tuple[str | None, str | None]  # tenant and site; None: the gateway's own
+_NO_ORIGIN: Final[_Origin] = (None, None)
 
 
 async def _read_checked(
@@ -100,8 +108,9 @@ async def _read_checked(
     pipeline: IngestPipeline,
     device_id: str,
     parse: Callable[[bytes], _Parsed],
-) -> _Parsed | Response[bytes]:
-    """Common front half of both ingest paths: the parsed body, or the error Response."""
+) -> tuple[_Parsed, _Origin] | Response[bytes]:
+    """Common front half of both ingest paths: the parsed body and the device's
+    tenant and site, or the error Response."""
     _RECEIVED.count += 1
     try:
         check_device_id(device_id)
@@ -114,11 +123,11 @@ async def _read_checked(
         metrics.EVENTS_REJECTED.labels(SOURCE, "unsupported_media_type").inc()
         return error(415, "unsupported_media_type", "Content-Type must be application/json")
     body = await request.body()  # over the handler's limit: RequestEntityTooLarge -> 413
-    denied = _authorize(request, device_id, body)
-    if denied is not None:
-        return denied
+    origin = _authorize(request, device_id, body)
+    if isinstance(origin, Response):
+        return origin
     try:
-        return parse(body)
+        return parse(body), origin
     except ValidationFailure as exc:
         return _invalid(exc)
 
@@ -130,13 +139,14 @@ def _invalid(exc: ValidationFailure) -> Response[bytes]:
 
 def _authorize(
     request: Request[Any, Any, Any], device_id: str, body: bytes
-) -> Response[bytes] | None:
-    """401/403/429 as the device's credential and rate limit say; sets request.state.device."""
-    guard: HttpGuard = request.app.state.guard
+) -> _Origin | Response[bytes]:
+    """Tenant and site of the authenticated device (registry), or 401/403/429 as its
+    credential and rate limit say; the gateway's own (None, None) while auth is off."""
+    guard: HttpGuard = request.app.state["guard"]
     if not guard.enforcing:
-        return None
+        return _NO_ORIGIN
     try:
-        request.state.device = guard.check(device_id, request.headers, body)
+        device = guard.check(device_id, request.headers, body)
     except AuthError as exc:
         metrics.AUTH_FAILURES.labels(SOURCE, exc.code).inc()
         metrics.EVENTS_REJECTED.labels(SOURCE, exc.code).inc()
@@ -150,18 +160,7 @@ def _authorize(
             f"device {device_id!r} is over its rate limit; retry later",
             {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))},
         )
-    return None
-
-
-def _origin(request: Request[Any, Any, Any]) -> tuple[str | None, str | None]:
-    """Tenant and site of the authenticated device (registry), else the gateway's defaults."""
-    guard: HttpGuard = request.app.state.guard
-    if not guard.enforcing:
-        return None, None
-    device = getattr(request.state, "device", None)
-    if device is None:
-        return None, None
-    return device.tenant, device.site
+    return _NO_ORIGIN if device is None else (device.tenant, device.site)
 
 
 async def _commit(
@@ -184,13 +183,15 @@ async def _commit(
     return results
 
 
+# App state by subscription: attribute access to a State first fails a normal
+# attribute lookup (building an AttributeError) before its __getattr__ answers.
 def _pipeline(request: Request[Any, Any, Any]) -> IngestPipeline:
-    pipeline: IngestPipeline = request.app.state.pipeline
+    pipeline: IngestPipeline = request.app.state["pipeline"]
     return pipeline
 
 
 def _settings(request: Request[Any, Any, Any]) -> IngestHttpSettings:
-    settings: IngestHttpSettings = request.app.state.settings
+    settings: IngestHttpSettings = request.app.state["settings"]
     return settings
 
 
@@ -200,10 +201,10 @@ async def ingest(request: Request[Any, Any, Any]) -> Response[bytes]:
     # argument costs a signature-model pass per request on the hot path.
     device_id: str = request.path_params["device_id"]
     pipeline = _pipeline(request)
-    reading = await _read_checked(request, pipeline, device_id, parse_reading)
-    if isinstance(reading, Response):
-        return reading
-    tenant, site = _origin(request)
+    checked = await _read_checked(request, pipeline, device_id, parse_reading)
+    if isinstance(checked, Response):
+        return checked
+    reading, (tenant, site) = checked
     record = pipeline.build(
         reading,
         device_id=device_id,
@@ -228,9 +229,10 @@ async def ingest_batch(
     """Ingest a list of readings in one transaction, with a result per reading."""
     pipeline = _pipeline(request)
     settings = _settings(request)
-    decoded = await _read_checked(request, pipeline, device_id, decode_json)
-    if isinstance(decoded, Response):
-        return decoded
+    checked = await _read_checked(request, pipeline, device_id, decode_json)
+    if isinstance(checked, Response):
+        return checked
+    decoded, (tenant, site) = checked
     if not isinstance(decoded, list):
         metrics.EVENTS_REJECTED.labels(SOURCE, "invalid_batch").inc()
         return error(400, "invalid_batch", "batch body must be a JSON array of readings")
@@ -248,7 +250,6 @@ async def ingest_batch(
     records: list[NewRecord] = []
     slots: list[int] = []
     traceparent = _header(request, b"traceparent")
-    tenant, site = _origin(request)
     for index, obj in enumerate(decoded):
         try:
             reading = validate_reading(obj)
@@ -327,7 +328,7 @@ async def healthz(request: Request[Any, Any, Any]) -> Response[bytes]:
     body = {
         "status": overall,
         "draining": pipeline.draining,
-        "auth": request.app.state.guard.status(),
+        "auth": request.app.state["guard"].status(),
         "components": {"spool": spool, "stream": stream, "sink": sink},
     }
     return _json(503 if overall == "failing" else 200, body)
