@@ -15,7 +15,7 @@ import bisect
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import Metric
@@ -31,26 +31,16 @@ class _FlushOnCollect(Collector):
 
     def __init__(self) -> None:
         self._lock = threading.Lock()  # a scrape thread and the event loop may both collect
-        self.hooks: list[Flushable] = []
+        self.hooks: list[Callable[[], None]] = []  # each adds its pending counts
 
     def collect(self) -> Iterable[Metric]:
         with self._lock:
-            for hook in self.hooks:
-                hook.flush()
+            for flush_pending in self.hooks:
+                flush_pending()
         return iter(())
 
     def describe(self) -> Iterable[Metric]:
         return []  # no metric of its own (and no collect() at registration)
-
-
-class Flushable:
-    """Something holding counts to add to Prometheus metrics at collection."""
-
-    __slots__ = ()
-
-    def flush(self) -> None:
-        """Add what was counted since the last flush to the Prometheus metrics."""
-        raise NotImplementedError
 
 
 _FLUSH = _FlushOnCollect()
@@ -62,7 +52,7 @@ def flush() -> None:
     _FLUSH.collect()
 
 
-class Tally(Flushable):
+class Tally:
     """A count on a hot path: ``tally.count += n``, added to a counter child when collected.
 
     Only the owning event loop increments ``count``; a flush reads it (an atomic
@@ -76,7 +66,7 @@ class Tally(Flushable):
         self.count = 0
         self._child = child
         self._flushed = 0
-        _FLUSH.hooks.append(self)
+        _FLUSH.hooks.append(self.flush)
 
     def flush(self) -> None:
         """Add the increments since the last flush to the counter."""
@@ -86,7 +76,7 @@ class Tally(Flushable):
             self._flushed = count
 
 
-class Observations(Flushable):
+class Observations:
     """Histogram observations queued on a hot path and observed in bulk when collected.
 
     At most ``limit`` wait: the next ``add`` observes them all (so a process
@@ -98,7 +88,7 @@ class Observations(Flushable):
         self.histogram = histogram
         self.limit = limit
         self._queue: deque[float] = deque()  # append / popleft are atomic: no lock needed
-        _FLUSH.hooks.append(self)
+        _FLUSH.hooks.append(self.flush)
 
     def add(self, amount: float) -> None:
         """Queue one observation."""
@@ -327,7 +317,7 @@ class _Device:
             self.flushed_dups = duplicates
 
 
-class DeviceMetrics(Flushable):
+class DeviceMetrics:
     """Per-device counters with a bound on the number of device label values.
 
     Records, duplicates and last-seen time are plain numbers per device, added
@@ -342,7 +332,7 @@ class DeviceMetrics(Flushable):
         self._overflow = Tally(DEVICE_LABEL_OVERFLOW)
         self._last_seq: dict[tuple[str, str], int] = {}
         self._reconnects: dict[tuple[str, str], float] = {}
-        _FLUSH.hooks.append(self)
+        _FLUSH.hooks.append(self.flush)
 
     def flush(self) -> None:
         """Add every device's counts since the last flush to its series."""
