@@ -219,10 +219,13 @@ def _check_tags(value: Any) -> dict[str, str]:
     return value
 
 
+_SECOND_FORMAT = "%Y-%m-%dT%H:%M:%S."  # then milliseconds and "Z"
+
+
 def format_timestamp(moment: datetime) -> str:
     """Format an aware datetime as RFC 3339 UTC with millisecond precision and a ``Z``."""
     utc = moment.astimezone(UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    return utc.strftime(_SECOND_FORMAT) + f"{utc.microsecond // 1000:03d}Z"
 
 
 _now_ms = -1
@@ -239,6 +242,6 @@ def utc_now() -> str:
         second, millis = divmod(ms, 1000)
         if second != _second:  # formatting a datetime costs ~20x the rest: once a second
             moment = datetime.fromtimestamp(second, UTC)
-            _second, _second_prefix = second, moment.strftime("%Y-%m-%dT%H:%M:%S.")
+            _second, _second_prefix = second, moment.strftime(_SECOND_FORMAT)
         _now_ms, _now_text = ms, f"{_second_prefix}{millis:03d}Z"
     return _now_text
