@@ -88,15 +88,13 @@ def _header(request: Request[Any, Any, Any], name: bytes) -> str | None:
 
 
 def _is_json(request: Request[Any, Any, Any]) -> bool:
-    for key, value in request.scope["headers"]:
-        if key == b"content-type":
-            if value == b"application/json":  # what nearly every client sends
-                return True
-            media = bytes(value).decode("latin-1").split(";", 1)[0].strip().lower()
-            return media == "application/json" or (
-                media.startswith("application/") and media.endswith("+json")
-            )
-    return False
+    ctype = _header(request, b"content-type") or ""
+    if ctype == "application/json":  # what nearly every client sends
+        return True
+    media = ctype.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
 
 
 _Origin = tuple[str | None, str | None]  # tenant and site; None: the gateway's own
