@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,18 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 JSON = {"Content-Type": "application/json"}
 GOOD = {"seq": 1, "metrics": {"temp_c": 21.5}, "tags": {"site": "AAL"}, "payload": {"raw": "ok"}}
+
+
+@pytest.fixture(params=["process", "thread"])
+async def client(
+    request: pytest.FixtureRequest, make_client: AppFactory
+) -> AsyncIterator[AsyncTestClient[Any]]:
+    """The app on both of ingest's paths: the body validated and sealed in the spool
+    writer process (the default), or on the event loop (the path that tracing takes;
+    here because the writer is a thread)."""
+    async with make_client(spool_writer=request.param) as c:
+        assert c.app.state["pipeline"].seals_in_writer is (request.param == "process")
+        yield c
 
 
 async def post(

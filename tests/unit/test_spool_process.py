@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -17,7 +18,8 @@ from typing import Any
 import pytest
 from iotgw_core import spool_process
 from iotgw_core.spool import NewRecord, Spool, SpoolError, Totals
-from iotgw_core.spool_process import ProcessSpoolWriter
+from iotgw_core.spool_process import ProcessSpoolWriter, RawReading, ReadingOutcome
+from iotgw_core.validation import ValidationFailure, parse_reading
 
 
 def rec(n: int, seq: int | None = None) -> NewRecord:
@@ -61,6 +63,81 @@ async def test_appends_share_transactions_and_answer_after_the_commit(spool: Spo
     # Every answered record is readable from another connection: it was committed.
     assert Spool(spool.path).totals().records == 1001
     assert writer.pid is None  # the child exited with stop()
+
+
+def raw(body: bytes, device: str = "d1", **fields: Any) -> RawReading:
+    values: dict[str, Any] = {
+        "device_id": device,
+        "tenant": "t",
+        "site": "s1",
+        "traceparent": None,
+        "received_ms": 1_700_000_000_123,
+        "body": body,
+    }
+    return RawReading(**{**values, **fields})
+
+
+async def test_raw_readings_are_validated_and_sealed_in_the_child(spool: Spool) -> None:
+    tp = "00-" + "a" * 32 + "-" + "b" * 16 + "-01"
+    commits: list[tuple[list[Any], list[Any]]] = []
+
+    def hook(stored: Sequence[Any], results: Sequence[Any], totals: Totals) -> None:
+        commits.append((list(stored), list(results)))
+
+    good = raw(
+        b'{"seq":7,"metrics":{"temp_c":21.5,"reconnects":2},"tags":{"k":"v"}}', traceparent=tp
+    )
+    bad_bodies = [
+        b'{"seq":8,"metrics":{"Bad":1}}',
+        b'{"metrics":',
+        b'{"metrics":{"t":NaN}}',
+        b"[1]",
+    ]
+    async with running(spool, on_commit=hook, gateway_id="gw-9", source="http") as writer:
+        answers = await writer.append_readings([good, *(raw(b) for b in bad_bodies)])
+        record = await writer.append(rec(100, seq=1))  # records and readings share the child
+        again = await writer.append_readings([raw(b'{"seq":7,"metrics":{"t":1}}')])
+    outcome, result = answers[0]
+    assert outcome == ReadingOutcome(seq=7, reconnects=2)
+    assert result is not None and not result.duplicate and result.rid == 1
+    for body, (bad, none) in zip(bad_bodies, answers[1:], strict=True):
+        with pytest.raises(ValidationFailure) as expected:
+            parse_reading(body)  # the child answers what validation on the loop would
+        assert (bad.code, bad.message, none) == (expected.value.code, expected.value.message, None)
+    assert record.rid == 2
+    ((_, dup),) = again
+    assert dup is not None and dup.duplicate and dup.id == result.id  # idempotent on seq
+    stored = Spool(spool.path).get(result.id)
+    assert stored is not None and stored.traceparent == tp
+    env = json.loads(stored.body)
+    assert env["id"] == result.id and env["gateway"]["id"] == "gw-9" and env["source"] == "http"
+    assert (env["tenant"], env["site"], env["device_id"], env["seq"]) == ("t", "s1", "d1", 7)
+    assert env["received_at"] == env["ts"] == "2023-11-14T22:13:20.123Z"
+    assert env["trace"] == {"traceparent": tp} and env["metrics"]["temp_c"] == 21.5
+    # The hook sees each stored reading beside its result; rejected ones are not there.
+    first_stored, first_results = commits[0]
+    assert [(s.device_id, r.rid) for s, r in zip(first_stored, first_results, strict=True)] == [
+        ("d1", 1)
+    ]
+    assert Spool(spool.path).totals().records == 2
+
+
+async def test_readings_that_all_break_a_rule_run_no_transaction(spool: Spool) -> None:
+    commits: list[int] = []
+    async with running(spool, on_commit=lambda s, r, t: commits.append(len(s))) as writer:
+        answers = await writer.append_readings([raw(b"{}"), raw(b"not json")])
+        assert [(o.code, r) for o, r in answers] == [
+            ("empty_reading", None),
+            ("invalid_json", None),
+        ]
+        # A reading the child cannot seal (here: an arrival time out of range) is an
+        # internal error for that reading alone; the child and the others go on.
+        broken, fine = await writer.append_readings(
+            [raw(b'{"metrics":{"t":1}}', received_ms=10**18), raw(b'{"metrics":{"t":1}}')]
+        )
+        assert broken == (ReadingOutcome("internal_error", "internal error"), None)
+        assert fine[1] is not None and fine[1].rid == 1
+    assert commits == [1]
 
 
 def take_write_lock(spool: Spool) -> sqlite3.Connection:
@@ -123,12 +200,15 @@ def test_the_child_exits_when_the_parent_end_closes(spool: Spool) -> None:
             "2000",
             "64",
             str(child.fileno()),
+            "gw-1",
+            "http",
         ],
         pass_fds=(child.fileno(),),
     )
     child.close()
     try:
-        parent.sendall(spool_process._frame(spool_process._encode([rec(1, seq=1)])))
+        request = spool_process._Records([rec(1, seq=1)])
+        parent.sendall(spool_process._frame(spool_process._encode(request)))
         header = parent.recv(4, socket.MSG_WAITALL)
         (n,) = spool_process._HEADER.unpack(header)
         reply = spool_process._decode_reply(parent.recv(n, socket.MSG_WAITALL))

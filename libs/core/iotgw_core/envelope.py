@@ -6,9 +6,12 @@ New fields always get defaults so that older spooled records still decode.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
+
+if TYPE_CHECKING:
+    from .validation import Reading
 
 SCHEMA = "iotgw.envelope.v1"
 GATEWAY_VERSION = "0.1.0"
@@ -55,6 +58,38 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     tags: dict[str, str] = {}
     payload: dict[str, Any] | None = None
     trace: TraceContext | None = None
+
+
+def envelope_of(
+    reading: Reading,
+    *,
+    record_id: str,
+    tenant: str,
+    site: str,
+    device_id: str,
+    record_class: RecordClass,
+    source: Source,
+    gateway: GatewayInfo,
+    received_at: str,
+    traceparent: str | None,
+) -> Envelope:
+    """The envelope of a validated reading (its time is the arrival's if it has none)."""
+    return Envelope(
+        id=record_id,
+        tenant=tenant,
+        site=site,
+        device_id=device_id,
+        record_class=record_class,
+        seq=reading.seq,
+        ts=reading.ts or received_at,
+        received_at=received_at,
+        source=source,
+        gateway=gateway,
+        metrics=reading.metrics,
+        tags=reading.tags,
+        payload=reading.payload,
+        trace=TraceContext(traceparent=traceparent) if traceparent else None,
+    )
 
 
 envelope_encoder = msgspec.json.Encoder()

@@ -22,11 +22,11 @@ from typing import Literal
 from redis.exceptions import RedisError
 
 from . import metrics, telemetry
-from .envelope import Envelope, GatewayInfo, RecordClass, Source, TraceContext, encode_envelope
+from .envelope import GatewayInfo, RecordClass, Source, encode_envelope, envelope_of
 from .ids import uuid7_str
 from .settings import CommonSettings
-from .spool import AppendResult, NewRecord, Spool, SpoolWriter, State, Totals
-from .spool_process import ProcessSpoolWriter
+from .spool import AppendResult, Committed, NewRecord, Spool, SpoolWriter, State, Totals
+from .spool_process import Answer, ProcessSpoolWriter, RawReading
 from .stream import RecordStream, StreamEntry, connect
 from .validation import Reading, utc_now
 
@@ -34,6 +34,20 @@ log = logging.getLogger(__name__)
 
 _COMMIT_SECONDS = metrics.Observations(metrics.SPOOL_COMMIT_SECONDS)
 TRACEPARENT_RE = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+
+
+def checked_traceparent(traceparent: str | None) -> str | None:
+    """A W3C ``traceparent`` value as given, or None if it is absent or malformed."""
+    if traceparent is not None and not TRACEPARENT_RE.match(traceparent):
+        return None
+    return traceparent
+
+
+def _observe_commit(started: float, exemplar: dict[str, str] | None) -> None:
+    if exemplar is None:
+        _COMMIT_SECONDS.add(time.perf_counter() - started)
+    else:
+        metrics.SPOOL_COMMIT_SECONDS.observe(time.perf_counter() - started, exemplar=exemplar)
 
 
 class Refused(Exception):
@@ -92,10 +106,22 @@ class IngestPipeline:
         self.ack_mode = ack_mode
         self.gateway = GatewayInfo(id=settings.gateway_id)
         self.spool = Spool(settings.spool_path, synchronous="FULL")
-        writer = ProcessSpoolWriter if settings.spool_writer == "process" else SpoolWriter
-        self.writer: SpoolWriter | ProcessSpoolWriter = writer(
-            self.spool, max_batch=commit_max_batch, on_commit=self._on_commit
-        )
+        self.writer: SpoolWriter | ProcessSpoolWriter
+        if settings.spool_writer == "process":
+            self.writer = ProcessSpoolWriter(
+                self.spool,
+                max_batch=commit_max_batch,
+                on_commit=self._on_commit,
+                gateway_id=settings.gateway_id,
+                source=source,
+            )
+        else:
+            self.writer = SpoolWriter(
+                self.spool, max_batch=commit_max_batch, on_commit=self._on_commit
+            )
+        # Whether readings may go to the writer process raw (submit_readings): set
+        # at start, since tracing needs the ingest span opened here, around build.
+        self.seals_in_writer = False
         self.redis = connect(settings.redis_url)
         self.stream = RecordStream(self.redis, settings.stream_key, settings.stream_group)
         self.marks = Watermarks.from_settings(settings)
@@ -121,6 +147,9 @@ class IngestPipeline:
     async def start(self) -> None:
         """Start the spool writer and the background loops."""
         self.writer.start()
+        self.seals_in_writer = isinstance(self.writer, ProcessSpoolWriter) and not (
+            telemetry.enabled()
+        )
         self._set_totals(await asyncio.to_thread(self.spool.totals))
         self._tasks.append(asyncio.create_task(self._handoff_loop(), name="stream-handoff"))
         self._tasks.append(asyncio.create_task(self._budget_loop(), name="spool-budget"))
@@ -194,8 +223,7 @@ class IngestPipeline:
     ) -> NewRecord:
         """Wrap a validated reading in an envelope and serialize it for the spool."""
         received_at = utc_now()
-        if traceparent is not None and not TRACEPARENT_RE.match(traceparent):
-            traceparent = None
+        traceparent = checked_traceparent(traceparent)
         record_id, tenant, site = (
             uuid7_str(),
             tenant or self.settings.tenant,
@@ -213,21 +241,17 @@ class IngestPipeline:
         )
         if "reconnects" in reading.metrics:
             self._reconnects[record_id] = reading.metrics["reconnects"]
-        env = Envelope(
-            id=record_id,
+        env = envelope_of(
+            reading,
+            record_id=record_id,
             tenant=tenant,
             site=site,
             device_id=device_id,
             record_class=record_class,
-            seq=reading.seq,
-            ts=reading.ts or received_at,
-            received_at=received_at,
             source=self.source,
             gateway=self.gateway,
-            metrics=reading.metrics,
-            tags=reading.tags,
-            payload=reading.payload,
-            trace=TraceContext(traceparent=traceparent) if traceparent else None,
+            received_at=received_at,
+            traceparent=traceparent,
         )
         return NewRecord(
             id=env.id,
@@ -250,10 +274,7 @@ class IngestPipeline:
         else:  # the hot path without tracing: no span bookkeeping at all
             results = await self.writer.append_many(records)
             exemplar = None
-        if exemplar is None:
-            _COMMIT_SECONDS.add(time.perf_counter() - started)
-        else:
-            metrics.SPOOL_COMMIT_SECONDS.observe(time.perf_counter() - started, exemplar=exemplar)
+        _observe_commit(started, exemplar)
         now = time.time()
         for rec, res in zip(records, results, strict=True):
             reconnects = self._reconnects.pop(rec.id, None) if self._reconnects else None
@@ -267,8 +288,29 @@ class IngestPipeline:
             )
         return results
 
+    async def submit_readings(self, readings: Sequence[RawReading]) -> list[Answer]:
+        """Validate, seal and append raw readings in the writer process (only while
+        ``seals_in_writer``); returns once the valid ones are committed (durable),
+        with what became of each reading."""
+        assert isinstance(self.writer, ProcessSpoolWriter)
+        started = time.perf_counter()
+        answers = await self.writer.append_readings(readings)
+        _observe_commit(started, None)
+        now = time.time()
+        for raw, (outcome, res) in zip(readings, answers, strict=True):
+            if res is not None:
+                metrics.DEVICES.observe(
+                    raw.tenant,
+                    raw.device_id,
+                    outcome.seq,
+                    duplicate=res.duplicate,
+                    reconnects=outcome.reconnects,
+                    now=now,
+                )
+        return answers
+
     def _on_commit(
-        self, records: Sequence[NewRecord], results: Sequence[AppendResult], totals: Totals
+        self, records: Sequence[Committed], results: Sequence[AppendResult], totals: Totals
     ) -> None:
         # Runs on the event loop right after a commit, in commit order.
         metrics.SPOOL_COMMIT_BATCH.observe(len(records))

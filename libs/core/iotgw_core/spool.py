@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import msgspec
 
@@ -814,7 +814,20 @@ class _Pending:
 
 
 _STOP = object()
-CommitHook = Callable[[Sequence[NewRecord], Sequence[AppendResult], Totals], None]
+
+
+class Committed(Protocol):
+    """What a commit hook learns of each stored record besides its result."""
+
+    @property
+    def tenant(self) -> str: ...
+    @property
+    def device_id(self) -> str: ...
+    @property
+    def traceparent(self) -> str | None: ...
+
+
+CommitHook = Callable[[Sequence[Committed], Sequence[AppendResult], Totals], None]
 
 
 class SpoolWriter:

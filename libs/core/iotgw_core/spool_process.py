@@ -14,13 +14,21 @@ for the switching too (docs/performance.md). A child process has its own
 interpreter: the commit runs at SQLite's speed, and the event loop's share
 is one socket write per loop iteration and one read per commit.
 
+The child can also do the ingest's own work on a reading before storing it
+(:meth:`ProcessSpoolWriter.append_readings`): the HTTP ingest hands over the
+request body as it came, and the child validates it, gives it an id and
+builds its envelope. That work then runs on the other core, beside the
+commit, instead of on the event loop that every request waits for.
+
 Protocol over a socket pair, frames of a 4-byte big-endian length and a
 msgpack body:
 
-- parent -> child: one frame per ``append_many`` call: its records.
+- parent -> child: one frame per ``append_many`` call (its records) or per
+  ``append_readings`` call (its raw readings).
 - child -> parent: one frame per transaction: how many request frames it
-  covered, their results in order, and the spool totals after it; or the
-  error that rolled it back (those appends fail with SpoolError).
+  covered, the results of the records it stored in order, what became of
+  each raw reading (stored, or the rule it broke), and the spool totals after
+  it; or the error that rolled it back (those appends fail with SpoolError).
 
 The child commits every request frame it has (up to ``max_batch`` records)
 in one transaction, as the thread does. It exits when the parent closes its
@@ -45,16 +53,52 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
+from .envelope import GatewayInfo, RecordClass, Source, encode_envelope, envelope_of
+from .ids import uuid7_str
 from .spool import AppendResult, CommitHook, NewRecord, Spool, SpoolError, Totals
+from .validation import ValidationFailure, parse_reading, timestamp_ms
 
 log = logging.getLogger(__name__)
 
 _HEADER = struct.Struct(">I")
 _RESTART_MIN_INTERVAL_S = 0.5
+
+
+class RawReading(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """A reading as its request brought it, for the child to validate and seal."""
+
+    device_id: str
+    tenant: str
+    site: str
+    traceparent: str | None  # already checked against the W3C format, or None
+    received_ms: int  # arrival, milliseconds since the epoch
+    body: bytes
+    record_class: RecordClass = "telemetry"
+
+
+class ReadingOutcome(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """What became of a RawReading: the rule it broke (``code`` and ``message``), or,
+    once stored, its ``seq`` and the ``reconnects`` it reported (device metrics)."""
+
+    code: str | None = None
+    message: str = ""
+    seq: int | None = None
+    reconnects: float | None = None
+
+
+Answer = tuple[ReadingOutcome, AppendResult | None]  # result None: not stored
+
+
+class _Records(msgspec.Struct, array_like=True, tag=0):
+    records: Sequence[NewRecord]
+
+
+class _Readings(msgspec.Struct, array_like=True, tag=1):
+    readings: Sequence[RawReading]
 
 
 class _Reply(msgspec.Struct, array_like=True):
@@ -63,10 +107,11 @@ class _Reply(msgspec.Struct, array_like=True):
     records: int
     bytes: int
     error: str | None = None
+    outcomes: list[ReadingOutcome] = []
 
 
 _encode = msgspec.msgpack.Encoder().encode
-_decode_records = msgspec.msgpack.Decoder(list[NewRecord]).decode
+_decode_request = msgspec.msgpack.Decoder(_Records | _Readings).decode
 _decode_reply = msgspec.msgpack.Decoder(_Reply).decode
 
 
@@ -91,10 +136,21 @@ def _split_frames(buf: bytearray, limit: int | None = None) -> list[bytes]:
 class ProcessSpoolWriter:
     """Group commit in a child process; the interface of SpoolWriter."""
 
-    def __init__(self, spool: Spool, *, max_batch: int = 1024, on_commit: CommitHook | None = None):
+    def __init__(
+        self,
+        spool: Spool,
+        *,
+        max_batch: int = 1024,
+        on_commit: CommitHook | None = None,
+        gateway_id: str = "gateway",
+        source: Source = "http",
+    ):
         self.spool = spool
         self.max_batch = max_batch
         self.on_commit = on_commit
+        # What the envelopes of append_readings carry.
+        self.gateway_id = gateway_id
+        self.source: Source = source
         self.last_batch_size = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -103,10 +159,11 @@ class ProcessSpoolWriter:
         self._flush_scheduled = False
         self._writing = False
         self._in = bytearray()
-        # Sent, waiting for their commit: (records, future) in the order the child sees them.
-        self._pending: deque[tuple[Sequence[NewRecord], asyncio.Future[list[AppendResult]]]] = (
-            deque()
-        )
+        # Sent, waiting for their commit, in the order the child sees them: the
+        # records or raw readings of each frame, and the future of its append.
+        self._pending: deque[
+            tuple[Sequence[NewRecord] | Sequence[RawReading], bool, asyncio.Future[Any]]
+        ] = deque()
         self._gone_at = 0.0  # when the last child was found dead
         self._stopping = False
         self._drained: asyncio.Event | None = None
@@ -135,6 +192,8 @@ class ProcessSpoolWriter:
             str(self.spool.busy_timeout_ms),
             str(self.max_batch),
             str(child.fileno()),
+            self.gateway_id,
+            self.source,
         ]
         try:
             self._proc = subprocess.Popen(
@@ -156,15 +215,31 @@ class ProcessSpoolWriter:
 
     async def append_many(self, records: Sequence[NewRecord]) -> list[AppendResult]:
         """Append records in one transaction; returns after it committed."""
+        result: list[AppendResult] = await self._send(records, False, _Records(records))
+        return result
+
+    async def append_readings(self, readings: Sequence[RawReading]) -> list[Answer]:
+        """Validate raw readings, seal the valid ones in envelopes (ids, arrival time,
+        ``gateway_id``, ``source``) and append them in one transaction.
+
+        Returns, per reading, its outcome and, if it was stored, its result (after
+        the commit); a reading that breaks a rule gets its code and message instead.
+        """
+        result: list[Answer] = await self._send(readings, True, _Readings(readings))
+        return result
+
+    async def _send(
+        self, items: Sequence[NewRecord] | Sequence[RawReading], raw: bool, request: Any
+    ) -> Any:
         if self._loop is None or self._stopping:
             raise SpoolError("spool writer is not started")
         if self._sock is None:
             if time.monotonic() - self._gone_at < _RESTART_MIN_INTERVAL_S:
                 raise SpoolError("spool writer process is restarting")
             self._spawn()
-        future: asyncio.Future[list[AppendResult]] = self._loop.create_future()
-        self._pending.append((records, future))
-        self._out += _frame(_encode(records))
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._pending.append((items, raw, future))
+        self._out += _frame(_encode(request))
         if not self._flush_scheduled and not self._writing:
             # One send for every append of this loop iteration.
             self._flush_scheduled = True
@@ -218,20 +293,35 @@ class ProcessSpoolWriter:
         batch = [self._pending.popleft() for _ in range(reply.frames)]
         if reply.error is not None:
             exc = SpoolError(reply.error)
-            for _, future in batch:
+            for _, _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
             return
-        records = [rec for recs, _ in batch for rec in recs]
-        self.last_batch_size = len(records)
-        if self.on_commit is not None:
-            self.on_commit(records, reply.results, Totals(reply.records, reply.bytes))
-        offset = 0
-        for recs, future in batch:
-            n = len(recs)
+        results = reply.results
+        stored: list[NewRecord | RawReading] = []  # in the order of results
+        answers: list[list[AppendResult] | list[Answer]] = []
+        outcomes = iter(reply.outcomes)
+        for items, raw, _ in batch:
+            if not raw:
+                answers.append(results[len(stored) : len(stored) + len(items)])
+                stored.extend(items)
+                continue
+            answer: list[Answer] = []
+            for item in items:
+                outcome = next(outcomes)
+                if outcome.code is None:
+                    answer.append((outcome, results[len(stored)]))
+                    stored.append(item)
+                else:
+                    answer.append((outcome, None))
+            answers.append(answer)
+        if stored:  # a transaction ran
+            self.last_batch_size = len(stored)
+            if self.on_commit is not None:
+                self.on_commit(stored, results, Totals(reply.records, reply.bytes))
+        for (_, _, future), answer_ in zip(batch, answers, strict=True):
             if not future.done():
-                future.set_result(reply.results[offset : offset + n])
-            offset += n
+                future.set_result(answer_)
         if not self._pending and self._drained is not None:
             self._drained.set()
 
@@ -257,7 +347,7 @@ class ProcessSpoolWriter:
             )
         exc = SpoolError(why)
         while self._pending:
-            _, future = self._pending.popleft()
+            _, _, future = self._pending.popleft()
             if not future.done():
                 future.set_exception(exc)
         if self._drained is not None:
@@ -295,18 +385,20 @@ class ProcessSpoolWriter:
 
 def _read_frames(
     sock: socket.socket, buf: bytearray, max_records: int
-) -> tuple[list[NewRecord], int] | None:
-    """Records of the request frames available (waiting for the first) and their count.
+) -> list[_Records | _Readings] | None:
+    """The request frames available (waiting for the first), up to ``max_records``
+    records and readings.
 
     None once the parent has closed its end and nothing is left.
     """
-    records: list[NewRecord] = []
-    frames = 0
-    while len(records) < max_records:
+    frames: list[_Records | _Readings] = []
+    items = 0
+    while items < max_records:
         complete = _split_frames(buf, limit=1)
         if complete:
-            records.extend(_decode_records(complete[0]))
-            frames += 1
+            frame = _decode_request(complete[0])
+            frames.append(frame)
+            items += len(frame.records if isinstance(frame, _Records) else frame.readings)
             continue
         if frames:  # take more only if it is there already
             try:
@@ -320,32 +412,88 @@ def _read_frames(
             if not data:
                 return None
         buf += data
-    return records, frames
+    return frames
+
+
+class _Sealer:
+    """The ingest's work on a raw reading, in the child: validation, id, envelope."""
+
+    def __init__(self, gateway_id: str, source: Source) -> None:
+        self.gateway = GatewayInfo(id=gateway_id)
+        self.source: Source = source
+
+    def seal(self, raw: RawReading) -> tuple[ReadingOutcome, NewRecord | None]:
+        try:
+            reading = parse_reading(raw.body)
+        except ValidationFailure as exc:
+            return ReadingOutcome(exc.code, exc.message), None
+        record_id = uuid7_str()
+        env = envelope_of(
+            reading,
+            record_id=record_id,
+            tenant=raw.tenant,
+            site=raw.site,
+            device_id=raw.device_id,
+            record_class=raw.record_class,
+            source=self.source,
+            gateway=self.gateway,
+            received_at=timestamp_ms(raw.received_ms),
+            traceparent=raw.traceparent,
+        )
+        record = NewRecord(
+            record_id, raw.tenant, raw.device_id, reading.seq, encode_envelope(env), raw.traceparent
+        )
+        return ReadingOutcome(seq=reading.seq, reconnects=reading.metrics.get("reconnects")), record
+
+    def records_of(
+        self, frames: Sequence[_Records | _Readings]
+    ) -> tuple[list[NewRecord], list[ReadingOutcome]]:
+        """The records to store, in frame order, and the outcome of every raw reading."""
+        records: list[NewRecord] = []
+        outcomes: list[ReadingOutcome] = []
+        for frame in frames:
+            if isinstance(frame, _Records):
+                records.extend(frame.records)
+                continue
+            for raw in frame.readings:
+                try:
+                    outcome, record = self.seal(raw)
+                except Exception as exc:  # a bug, not the reading's fault: a 500, not a crash
+                    print(f"spool writer: sealing a reading failed: {exc!r}", file=sys.stderr)
+                    outcome, record = ReadingOutcome("internal_error", "internal error"), None
+                outcomes.append(outcome)
+                if record is not None:
+                    records.append(record)
+        return records, outcomes
 
 
 def child_main(argv: Sequence[str]) -> int:
-    """``python -m iotgw_core.spool_process PATH SYNCHRONOUS BUSY_MS MAX_BATCH FD``."""
-    path, synchronous, busy_ms, max_batch, fd = argv
+    """``python -m iotgw_core.spool_process PATH SYNC BUSY_MS MAX_BATCH FD GATEWAY SOURCE``."""
+    path, synchronous, busy_ms, max_batch, fd, gateway_id, source = argv
     # Ctrl-C or a SIGTERM to the process group must not cut a commit short: the
     # parent decides when this ends, by closing its end (also when it dies).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sync: Literal["FULL", "NORMAL"] = "NORMAL" if synchronous == "NORMAL" else "FULL"
+    sealer = _Sealer(gateway_id, "mqtt" if source == "mqtt" else "http")
     sock = socket.socket(fileno=int(fd))
     spool = Spool(path, synchronous=sync, busy_timeout_ms=int(busy_ms), appends_only=True)
     spool.leave_checkpoints_to_others()
     buf = bytearray()
     try:
         while True:
-            got = _read_frames(sock, buf, int(max_batch))
-            if got is None:
+            frames = _read_frames(sock, buf, int(max_batch))
+            if frames is None:
                 return 0
-            records, frames = got
+            records, outcomes = sealer.records_of(frames)
             try:
-                results, totals = spool.append_batch(records)
-                reply = _Reply(frames, results, totals.records, totals.bytes)
+                if records:
+                    results, totals = spool.append_batch(records)
+                else:  # only readings that broke a rule: no transaction
+                    results, totals = [], Totals(0, 0)
+                reply = _Reply(len(frames), results, totals.records, totals.bytes, None, outcomes)
             except Exception as exc:
-                reply = _Reply(frames, [], 0, 0, error=str(exc) or type(exc).__name__)
+                reply = _Reply(len(frames), [], 0, 0, error=str(exc) or type(exc).__name__)
             sock.sendall(_frame(_encode(reply)))
     except (BrokenPipeError, ConnectionResetError):
         return 0  # the parent is gone: nobody waits for replies

@@ -236,8 +236,12 @@ _second_prefix = ""
 
 def utc_now() -> str:
     """The current time as an RFC 3339 UTC timestamp (millisecond precision)."""
+    return timestamp_ms(time.time_ns() // 1_000_000)
+
+
+def timestamp_ms(ms: int) -> str:
+    """Milliseconds since the epoch as an RFC 3339 UTC timestamp (``...T12:00:00.123Z``)."""
     global _now_ms, _now_text, _second, _second_prefix
-    ms = time.time_ns() // 1_000_000
     if ms != _now_ms:  # many readings arrive within one millisecond under load
         second, millis = divmod(ms, 1000)
         if second != _second:  # formatting a datetime costs ~20x the rest: once a second

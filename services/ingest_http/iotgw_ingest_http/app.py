@@ -11,7 +11,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final, TypeVar
 
@@ -19,8 +19,9 @@ import msgspec
 from iotgw_core import metrics, telemetry
 from iotgw_core.auth import AuthError, HttpGuard, RateLimited
 from iotgw_core.ids import uuid7_str
-from iotgw_core.ingest import IngestPipeline, Refused
+from iotgw_core.ingest import IngestPipeline, Refused, checked_traceparent
 from iotgw_core.spool import AppendResult, NewRecord, SpoolError
+from iotgw_core.spool_process import RawReading
 from iotgw_core.validation import (
     ValidationFailure,
     check_device_id,
@@ -41,6 +42,7 @@ from .settings import IngestHttpSettings
 
 log = logging.getLogger(__name__)
 _Parsed = TypeVar("_Parsed")
+_Appended = TypeVar("_Appended")
 SOURCE: Final = "http"
 _encode = msgspec.json.Encoder().encode
 # Per-request counts, kept as plain ints and added to their counters at each scrape.
@@ -161,23 +163,35 @@ def _authorize(
     return _NO_ORIGIN if device is None else (device.tenant, device.site)
 
 
-async def _commit(
-    pipeline: IngestPipeline, records: list[NewRecord]
-) -> list[AppendResult] | Response[bytes]:
+async def _durably(
+    pipeline: IngestPipeline, append: Awaitable[_Appended], count: int
+) -> _Appended | Response[bytes]:
+    """The append's answer once committed, or 503 if the spool cannot store now."""
     try:
-        results = await pipeline.submit(records)
+        return await append
     except SpoolError as exc:
         log.error("spool append failed: %s", exc)
-        metrics.EVENTS_REJECTED.labels(SOURCE, "spool_unavailable").inc(len(records))
+        metrics.EVENTS_REJECTED.labels(SOURCE, "spool_unavailable").inc(count)
         return error(
             503,
             "spool_unavailable",
             "the spool cannot store records now; retry later",
             {"Retry-After": str(pipeline.retry_after_s)},
         )
+
+
+def _count_stored(results: Sequence[AppendResult]) -> None:
     duplicates = sum([res.duplicate for res in results])
     _DUPLICATE.count += duplicates
     _ACCEPTED.count += len(results) - duplicates
+
+
+async def _commit(
+    pipeline: IngestPipeline, records: list[NewRecord]
+) -> list[AppendResult] | Response[bytes]:
+    results = await _durably(pipeline, pipeline.submit(records), len(records))
+    if not isinstance(results, Response):
+        _count_stored(results)
     return results
 
 
@@ -199,6 +213,8 @@ async def ingest(request: Request[Any, Any, Any]) -> Response[bytes]:
     # argument costs a signature-model pass per request on the hot path.
     device_id: str = request.path_params["device_id"]
     pipeline = _pipeline(request)
+    if pipeline.seals_in_writer:
+        return await _ingest_in_writer(request, pipeline, device_id)
     checked = await _read_checked(request, pipeline, device_id, parse_reading)
     if isinstance(checked, Response):
         return checked
@@ -213,9 +229,51 @@ async def ingest(request: Request[Any, Any, Any]) -> Response[bytes]:
     results = await _commit(pipeline, [record])
     if isinstance(results, Response):
         return results
-    result = results[0]
+    return await _stored(request, pipeline, results[0])
+
+
+def _as_is(body: bytes) -> bytes:
+    return body
+
+
+async def _ingest_in_writer(
+    request: Request[Any, Any, Any], pipeline: IngestPipeline, device_id: str
+) -> Response[bytes]:
+    """The same answers as ingest's own path, with the body's validation, the id and
+    the envelope done in the spool writer process, beside the commit: the event
+    loop, which every request waits for, then does little more than the no-op."""
+    checked = await _read_checked(request, pipeline, device_id, _as_is)
+    if isinstance(checked, Response):
+        return checked
+    body, (tenant, site) = checked
+    reading = RawReading(
+        device_id,
+        tenant or pipeline.settings.tenant,
+        site or pipeline.settings.site,
+        checked_traceparent(_header(request, b"traceparent")),
+        time.time_ns() // 1_000_000,
+        body,
+    )
+    answers = await _durably(pipeline, pipeline.submit_readings((reading,)), 1)
+    if isinstance(answers, Response):
+        return answers
+    outcome, result = answers[0]
+    if result is None:
+        if outcome.code == "internal_error":
+            log.error("the spool writer could not seal a reading of %r", device_id)
+            return error(HTTP_500_INTERNAL_SERVER_ERROR, "internal_error", "internal error")
+        metrics.EVENTS_REJECTED.labels(SOURCE, outcome.code).inc()
+        return error(400, str(outcome.code), outcome.message)
+    _count_stored((result,))
+    return await _stored(request, pipeline, result)
+
+
+async def _stored(
+    request: Request[Any, Any, Any], pipeline: IngestPipeline, result: AppendResult
+) -> Response[bytes]:
+    """202 for a stored reading; 200 once delivered in ack mode sink (within the timeout)."""
     if pipeline.ack_mode == "sink" and await pipeline.wait_delivered(
-        results, _settings(request).sink_ack_timeout_s
+        (result,), _settings(request).sink_ack_timeout_s
     ):
         return _json(200, {"id": result.id, "status": "delivered", "duplicate": result.duplicate})
     return _json(202, {"id": result.id, "status": "enqueued", "duplicate": result.duplicate})
