@@ -239,9 +239,9 @@ def _as_is(body: bytes) -> bytes:
 async def _ingest_in_writer(
     request: Request[Any, Any, Any], pipeline: IngestPipeline, device_id: str
 ) -> Response[bytes]:
-    """The same answers as ingest's own path, with the body's validation, the id and
-    the envelope done in the spool writer process, beside the commit: the event
-    loop, which every request waits for, then does little more than the no-op."""
+    """The same answers as ingest's loop-side path, with the body's validation, the id and
+    the envelope done in the spool writer process, beside the commit, instead of
+    on the event loop that every request waits for (docs/spool.md)."""
     checked = await _read_checked(request, pipeline, device_id, _as_is)
     if isinstance(checked, Response):
         return checked
