@@ -28,6 +28,9 @@ def test_wal_mode_and_full_sync_for_appends(spool: Spool) -> None:
     conn = sqlite3.connect(spool.path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert spool._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    # Statement journals in memory: no temporary file per append transaction.
+    for connection in (spool, spool.appends_connection()):
+        assert connection._conn.execute("PRAGMA temp_store").fetchone()[0] == 2  # MEMORY
 
 
 def test_append_then_life_cycle(spool: Spool) -> None:

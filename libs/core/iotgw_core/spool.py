@@ -238,6 +238,13 @@ class Spool:
         if str(mode).lower() != "wal":
             raise SpoolError(f"{self.path}: could not switch to WAL mode (got {mode})")
         self._conn.execute(f"PRAGMA synchronous={synchronous}")
+        # Statement journals (a multi-row INSERT or UPDATE inside a transaction keeps
+        # the original of every page it changes, to undo just that statement) and
+        # temporary sort tables in memory: with files, each append transaction
+        # created, wrote ~60 pages to and deleted a file in /var/tmp (measured with
+        # strace: 158 -> 100 syscalls a 24-record commit). Crash safety is the
+        # WAL's; a statement journal is never needed after a crash.
+        self._conn.execute("PRAGMA temp_store=MEMORY")
         with self._lock:
             # One transaction: processes opening the same spool at once (ingest,
             # forwarder) see it either before or after the migration, never half-way.
