@@ -1,19 +1,27 @@
-"""The stream hand-off after the commit: several commits share one XADD, senders do not wait."""
+"""The stream hand-off after the commit: several commits share one XADD, senders do not wait.
+
+Both hand-offs: the spool writer process's (the default writer, tracing off) and
+the event loop's (here with the writer thread; also the path with tracing on).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
 from iotgw_core.ingest import IngestPipeline
 from iotgw_core.settings import CommonSettings, load_settings
+from iotgw_core.spool import State
 from iotgw_core.stream import StreamEntry, connect
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
-from tests.reliability.test_sink_failures import ingest, until
+from tests.reliability.test_sink_failures import ingest
+from tests.support.procs import free_port
 
-pytestmark = pytest.mark.reliability
+pytestmark = [pytest.mark.reliability, pytest.mark.parametrize("writer", ["process", "thread"])]
 
 
 async def _stream_rids(client: Redis, key: str) -> list[list[int]]:
@@ -22,11 +30,14 @@ async def _stream_rids(client: Redis, key: str) -> list[list[int]]:
     return [[e.rid for e in StreamEntry.unpack(entry_id, fields)] for entry_id, fields in raw]
 
 
+def _settings(env: dict[str, str], writer: str, linger: str) -> CommonSettings:
+    overrides = {"IOTGW_HANDOFF_LINGER_S": linger, "IOTGW_SPOOL_WRITER": writer}
+    return load_settings(CommonSettings, {**env, **overrides})
+
+
 @contextlib.asynccontextmanager
-async def _running(env: dict[str, str], linger: str) -> AsyncIterator[IngestPipeline]:
-    pipeline = IngestPipeline(
-        load_settings(CommonSettings, {**env, "IOTGW_HANDOFF_LINGER_S": linger}), source="http"
-    )
+async def _running(env: dict[str, str], writer: str, linger: str) -> AsyncIterator[IngestPipeline]:
+    pipeline = IngestPipeline(_settings(env, writer, linger), source="http")
     await pipeline.start()
     try:
         yield pipeline
@@ -34,43 +45,79 @@ async def _running(env: dict[str, str], linger: str) -> AsyncIterator[IngestPipe
         await pipeline.stop()
 
 
-async def _handed_off(pipeline: IngestPipeline) -> None:
-    await until(lambda: pipeline._handoff._unfinished_tasks == 0, 10, "the hand-off done")
+async def _handed_off(pipeline: IngestPipeline, records: int) -> None:
+    """Wait until the stream names ``records`` records."""
+
+    async def named() -> int:
+        return sum(len(e) for e in await _stream_rids(pipeline.redis, pipeline.stream.key))
+
+    count = 0
+    for _ in range(200):
+        count = await named()
+        if count >= records:
+            break
+        await asyncio.sleep(0.05)
+    assert count == records, f"the stream names {count} records, not {records}"
 
 
 async def test_commits_within_the_linger_go_out_in_one_entry(
-    gateway_env: dict[str, str],
+    gateway_env: dict[str, str], writer: str
 ) -> None:
-    async with _running(gateway_env, "1.0") as pipeline:
+    async with _running(gateway_env, writer, "1.0") as pipeline:
+        assert pipeline.seals_in_writer is (writer == "process")
         results = [await ingest(pipeline, "dev", range(n, n + 2)) for n in (0, 2, 4)]
         # Three commits answered (durable) while their hand-off still waits.
         assert await pipeline.stream.length() == 0
-        await _handed_off(pipeline)
+        await _handed_off(pipeline, 6)
         got = await _stream_rids(pipeline.redis, pipeline.stream.key)
         assert got == [[r.rid for batch in results for r in batch]]  # one entry, commit order
 
 
 async def test_without_a_linger_each_commit_is_handed_off_on_its_own(
-    gateway_env: dict[str, str],
+    gateway_env: dict[str, str], writer: str
 ) -> None:
-    async with _running(gateway_env, "0") as pipeline:
+    async with _running(gateway_env, writer, "0") as pipeline:
         results = []
         for n in (0, 2, 4):
             results.append(await ingest(pipeline, "dev", range(n, n + 2)))
-            await _handed_off(pipeline)
+            await _handed_off(pipeline, n + 2)
         got = await _stream_rids(pipeline.redis, pipeline.stream.key)
         assert got == [[r.rid for r in batch] for batch in results]
 
 
-async def test_stopping_hands_off_what_lingers(gateway_env: dict[str, str]) -> None:
-    env = {**gateway_env, "IOTGW_HANDOFF_LINGER_S": "1.0"}
-    pipeline = IngestPipeline(load_settings(CommonSettings, env), source="http")
+async def test_stopping_hands_off_what_lingers(gateway_env: dict[str, str], writer: str) -> None:
+    pipeline = IngestPipeline(_settings(gateway_env, writer, "1.0"), source="http")
     await pipeline.start()
     results = await ingest(pipeline, "dev", range(3))
     await pipeline.stop()  # waits for the hand-off queue, linger included
-    client = connect(env["IOTGW_REDIS_URL"])
+    client = connect(gateway_env["IOTGW_REDIS_URL"])
     try:
-        got = await _stream_rids(client, env["IOTGW_STREAM_KEY"])
+        got = await _stream_rids(client, gateway_env["IOTGW_STREAM_KEY"])
         assert [rid for entry in got for rid in entry] == [r.rid for r in results]
     finally:
         await client.aclose()
+
+
+async def test_a_failed_hand_off_is_counted_and_the_records_stay_enqueued(
+    gateway_env: dict[str, str], writer: str
+) -> None:
+    """Redis unreachable: senders are still answered (the records are durable), the
+    failure is counted and the records wait, Enqueued, for the reconciler."""
+
+    def failures() -> float:
+        return REGISTRY.get_sample_value("gateway_stream_handoff_failures_total") or 0.0
+
+    before = failures()
+    env = {**gateway_env, "IOTGW_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    async with _running(env, writer, "0") as pipeline:
+        results = await ingest(pipeline, "dev", range(3))
+        # The writer process reports a failed hand-off with its next reply.
+        for seq in range(3, 40):
+            if failures() - before >= 3:
+                break
+            await ingest(pipeline, "dev", range(seq, seq + 1))
+            await asyncio.sleep(0.1)
+        assert failures() - before >= 3
+        for res in results:
+            stored = pipeline.spool.get(res.id)
+            assert stored is not None and stored.state is State.ENQUEUED

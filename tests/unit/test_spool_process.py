@@ -65,6 +65,16 @@ async def test_appends_share_transactions_and_answer_after_the_commit(spool: Spo
     assert writer.pid is None  # the child exited with stop()
 
 
+async def test_an_append_to_an_idle_child_is_sent_in_the_append_itself(spool: Spool) -> None:
+    """Not at the next loop iteration: an iteration that handles a burst of requests
+    takes milliseconds, and the child would wait for it (docs/spool.md)."""
+    async with running(spool) as writer:
+        first = asyncio.ensure_future(writer.append(rec(1, seq=1)))
+        await asyncio.sleep(0)  # `first` ran up to its wait for the commit
+        assert not writer._out and not writer._flush_scheduled
+        assert (await first).rid == 1
+
+
 def raw(body: bytes, device: str = "d1", **fields: Any) -> RawReading:
     values: dict[str, Any] = {
         "device_id": device,

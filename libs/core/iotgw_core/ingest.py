@@ -26,7 +26,7 @@ from .envelope import GatewayInfo, RecordClass, Source, encode_envelope, envelop
 from .ids import uuid7_str
 from .settings import CommonSettings
 from .spool import AppendResult, Committed, NewRecord, Spool, SpoolWriter, State, Totals
-from .spool_process import Answer, ProcessSpoolWriter, RawReading
+from .spool_process import Answer, HandoffTarget, ProcessSpoolWriter, RawReading
 from .stream import RecordStream, StreamEntry, connect
 from .validation import Reading, utc_now
 
@@ -114,13 +114,16 @@ class IngestPipeline:
                 on_commit=self._on_commit,
                 gateway_id=settings.gateway_id,
                 source=source,
+                on_handoff_failure=self._handoff_failed,
             )
         else:
             self.writer = SpoolWriter(
                 self.spool, max_batch=commit_max_batch, on_commit=self._on_commit
             )
-        # Whether readings may go to the writer process raw (submit_readings): set
-        # at start, since tracing needs the ingest span opened here, around build.
+        # Whether the writer process does the ingest's work around the commit: seal
+        # raw readings (submit_readings) and hand every commit's records to the
+        # stream. Set at start: with tracing on, the ingest span opens around build
+        # and the publish spans around the XADD, both here.
         self.seals_in_writer = False
         self.redis = connect(settings.redis_url)
         self.stream = RecordStream(self.redis, settings.stream_key, settings.stream_group)
@@ -146,10 +149,14 @@ class IngestPipeline:
 
     async def start(self) -> None:
         """Start the spool writer and the background loops."""
+        in_writer = isinstance(self.writer, ProcessSpoolWriter) and not telemetry.enabled()
+        if in_writer:
+            assert isinstance(self.writer, ProcessSpoolWriter)
+            self.writer.handoff = HandoffTarget(
+                self.settings.redis_url, self.settings.stream_key, self.settings.handoff_linger_s
+            )
         self.writer.start()
-        self.seals_in_writer = isinstance(self.writer, ProcessSpoolWriter) and not (
-            telemetry.enabled()
-        )
+        self.seals_in_writer = in_writer
         self._set_totals(await asyncio.to_thread(self.spool.totals))
         self._tasks.append(asyncio.create_task(self._handoff_loop(), name="stream-handoff"))
         self._tasks.append(asyncio.create_task(self._budget_loop(), name="spool-budget"))
@@ -315,6 +322,8 @@ class IngestPipeline:
         # Runs on the event loop right after a commit, in commit order.
         metrics.SPOOL_COMMIT_BATCH.observe(len(records))
         self._set_totals(totals)
+        if self.seals_in_writer:
+            return  # the writer process hands them over (HandoffTarget)
         entries = [
             StreamEntry(res.rid, res.id, rec.tenant, rec.device_id, rec.traceparent)
             for rec, res in zip(records, results, strict=True)
@@ -322,6 +331,12 @@ class IngestPipeline:
         ]
         if entries:
             self._handoff.put_nowait(entries)
+
+    def _handoff_failed(self, records: int, error: str) -> None:
+        # Committed and acknowledged already: the reconciler re-enqueues them.
+        self.stream_ok, self.stream_error = False, error
+        metrics.STREAM_HANDOFF_FAILURES.inc(records)
+        log.warning("stream hand-off of %d records failed: %s", records, error)
 
     async def _handoff_loop(self) -> None:
         linger = self.settings.handoff_linger_s
@@ -340,10 +355,7 @@ class IngestPipeline:
                     await self.stream.add_many(entries)
                 self.stream_ok, self.stream_error = True, None
             except (RedisError, OSError) as exc:
-                # Committed and acknowledged already: the reconciler re-enqueues them.
-                self.stream_ok, self.stream_error = False, str(exc)
-                metrics.STREAM_HANDOFF_FAILURES.inc(len(entries))
-                log.warning("stream hand-off of %d records failed: %s", len(entries), exc)
+                self._handoff_failed(len(entries), str(exc))
             finally:
                 for _ in range(batches):
                     self._handoff.task_done()

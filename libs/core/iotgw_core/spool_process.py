@@ -43,7 +43,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
+import queue
 import signal
 import socket
 import struct
@@ -52,20 +55,35 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import msgspec
+from redis.exceptions import RedisError
 
 from .envelope import GatewayInfo, RecordClass, Source, encode_envelope, envelope_of
 from .ids import uuid7_str
 from .spool import AppendResult, CommitHook, NewRecord, Spool, SpoolError, Totals
+from .stream import StreamEntry, add_many_blocking, connect_blocking
 from .validation import ValidationFailure, parse_reading, timestamp_ms
 
 log = logging.getLogger(__name__)
 
 _HEADER = struct.Struct(">I")
 _RESTART_MIN_INTERVAL_S = 0.5
+_HANDOFF_ENV = "IOTGW_WRITER_HANDOFF"  # the child's hand-off target (its URL may hold a password)
+_HANDOFF_MAX_ENTRIES = 5000  # records a hand-off gathers into one XADD pipeline at most
+
+
+@dataclass(frozen=True)
+class HandoffTarget:
+    """Where the child hands each commit's records over (the record stream)."""
+
+    redis_url: str
+    stream_key: str
+    linger_s: float
+    stop_timeout_s: float = 5.0
 
 
 class RawReading(msgspec.Struct, array_like=True, frozen=True, gc=False):
@@ -108,6 +126,9 @@ class _Reply(msgspec.Struct, array_like=True):
     bytes: int
     error: str | None = None
     outcomes: list[ReadingOutcome] = []
+    # Hand-offs that failed since the last reply: how many records, the last error.
+    handoff_failed: int = 0
+    handoff_error: str | None = None
 
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -144,10 +165,14 @@ class ProcessSpoolWriter:
         on_commit: CommitHook | None = None,
         gateway_id: str = "gateway",
         source: Source = "http",
+        on_handoff_failure: Callable[[int, str], None] | None = None,
     ):
         self.spool = spool
         self.max_batch = max_batch
         self.on_commit = on_commit
+        # Set before start(): the child then hands every commit's records to the stream.
+        self.handoff: HandoffTarget | None = None
+        self.on_handoff_failure = on_handoff_failure
         # What the envelopes of append_readings carry.
         self.gateway_id = gateway_id
         self.source: Source = source
@@ -195,9 +220,12 @@ class ProcessSpoolWriter:
             self.gateway_id,
             self.source,
         ]
+        env = dict(os.environ)
+        if self.handoff is not None:
+            env[_HANDOFF_ENV] = json.dumps(vars(self.handoff))
         try:
             self._proc = subprocess.Popen(
-                argv, pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL
+                argv, pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, env=env
             )
         finally:
             child.close()
@@ -238,10 +266,17 @@ class ProcessSpoolWriter:
                 raise SpoolError("spool writer process is restarting")
             self._spawn()
         future: asyncio.Future[Any] = self._loop.create_future()
+        idle = not self._pending  # the child has nothing to commit: it waits for this
         self._pending.append((items, raw, future))
         self._out += _frame(_encode(request))
-        if not self._flush_scheduled and not self._writing:
-            # One send for every append of this loop iteration.
+        if self._writing:
+            pass  # the writer callback sends it
+        elif idle:
+            # At once: the child starts its transaction while this loop iteration
+            # goes on (an iteration that handles a burst of requests takes ms).
+            self._flush()
+        elif not self._flush_scheduled:
+            # The child is busy: one send for every append of this loop iteration.
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
         # A sender that goes away cancels only its wait: the record is committed anyway.
@@ -291,6 +326,8 @@ class ProcessSpoolWriter:
 
     def _complete(self, reply: _Reply) -> None:
         batch = [self._pending.popleft() for _ in range(reply.frames)]
+        if reply.handoff_failed and self.on_handoff_failure is not None:
+            self.on_handoff_failure(reply.handoff_failed, reply.handoff_error or "")
         if reply.error is not None:
             exc = SpoolError(reply.error)
             for _, _, future in batch:
@@ -322,6 +359,8 @@ class ProcessSpoolWriter:
         for (_, _, future), answer_ in zip(batch, answers, strict=True):
             if not future.done():
                 future.set_result(answer_)
+        if self._out and not self._writing:
+            self._flush()  # the child is between transactions: what gathered goes now
         if not self._pending and self._drained is not None:
             self._drained.set()
 
@@ -467,6 +506,73 @@ class _Sealer:
         return records, outcomes
 
 
+class _Handoff:
+    """The stream hand-off in the child: a thread XADDs, in commit order, the records of
+    each commit, gathering those of the next ``linger_s`` into one XADD pipeline.
+
+    A failure leaves the records Enqueued (the forwarder's reconciler hands them over
+    later) and is reported in the next reply. On a thread, so that commits never wait
+    for Redis; it holds the GIL only to build and parse the commands.
+    """
+
+    def __init__(self, target: HandoffTarget) -> None:
+        self.target = target
+        self.client = connect_blocking(target.redis_url)
+        self._queue: queue.SimpleQueue[list[StreamEntry] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._failed = 0
+        self._error: str | None = None
+        self._thread = threading.Thread(target=self._run, name="stream-handoff", daemon=True)
+        self._thread.start()
+
+    def committed(self, records: Sequence[NewRecord], results: Sequence[AppendResult]) -> None:
+        entries = [
+            StreamEntry(res.rid, res.id, rec.tenant, rec.device_id, rec.traceparent)
+            for rec, res in zip(records, results, strict=True)
+            if not res.duplicate
+        ]
+        if entries:
+            self._queue.put(entries)
+
+    def failures(self) -> tuple[int, str | None]:
+        """Records whose hand-off failed since the last call, and the last error."""
+        with self._lock:
+            failed, error = self._failed, self._error
+            self._failed, self._error = 0, None
+        return failed, error
+
+    def close(self) -> None:
+        """Hand over what is queued (at most ``stop_timeout_s``), then stop."""
+        self._queue.put(None)
+        self._thread.join(self.target.stop_timeout_s)
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            entries = self._queue.get()
+            if entries is None:
+                return
+            if self.target.linger_s and self._queue.empty():
+                time.sleep(self.target.linger_s)
+            while not self._queue.empty() and len(entries) < _HANDOFF_MAX_ENTRIES:
+                more = self._queue.get()
+                if more is None:
+                    stopping = True
+                    break
+                entries.extend(more)
+            try:
+                add_many_blocking(self.client, self.target.stream_key, entries)
+            except (RedisError, OSError) as exc:
+                print(
+                    f"spool writer: stream hand-off of {len(entries)} records failed: {exc}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                with self._lock:
+                    self._failed += len(entries)
+                    self._error = str(exc)
+
+
 def child_main(argv: Sequence[str]) -> int:
     """``python -m iotgw_core.spool_process PATH SYNC BUSY_MS MAX_BATCH FD GATEWAY SOURCE``."""
     path, synchronous, busy_ms, max_batch, fd, gateway_id, source = argv
@@ -476,6 +582,8 @@ def child_main(argv: Sequence[str]) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sync: Literal["FULL", "NORMAL"] = "NORMAL" if synchronous == "NORMAL" else "FULL"
     sealer = _Sealer(gateway_id, "mqtt" if source == "mqtt" else "http")
+    target = os.environ.get(_HANDOFF_ENV)
+    handoff = _Handoff(HandoffTarget(**json.loads(target))) if target else None
     sock = socket.socket(fileno=int(fd))
     spool = Spool(path, synchronous=sync, busy_timeout_ms=int(busy_ms), appends_only=True)
     spool.leave_checkpoints_to_others()
@@ -494,10 +602,16 @@ def child_main(argv: Sequence[str]) -> int:
                 reply = _Reply(len(frames), results, totals.records, totals.bytes, None, outcomes)
             except Exception as exc:
                 reply = _Reply(len(frames), [], 0, 0, error=str(exc) or type(exc).__name__)
+            if handoff is not None:
+                if reply.error is None:
+                    handoff.committed(records, reply.results)
+                reply.handoff_failed, reply.handoff_error = handoff.failures()
             sock.sendall(_frame(_encode(reply)))
     except (BrokenPipeError, ConnectionResetError):
         return 0  # the parent is gone: nobody waits for replies
     finally:
+        if handoff is not None:
+            handoff.close()
         spool.close()
         sock.close()
 

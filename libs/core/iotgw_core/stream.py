@@ -11,10 +11,11 @@ after Redis restarted empty.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import msgspec
+import redis
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
@@ -96,8 +97,7 @@ class RecordStream:
             await self.client.xadd(self.key, StreamEntry.pack(entries))  # type: ignore[arg-type]
             return
         async with self.client.pipeline(transaction=False) as pipe:
-            for start in range(0, len(entries), MAX_RECORDS_PER_ENTRY):
-                chunk = entries[start : start + MAX_RECORDS_PER_ENTRY]
+            for chunk in _chunks(entries):
                 pipe.xadd(self.key, StreamEntry.pack(chunk))  # type: ignore[arg-type]
             await pipe.execute()
 
@@ -183,3 +183,21 @@ class RecordStream:
     async def length(self) -> int:
         """Entries in the stream (records handed off and not yet done)."""
         return int(await self.client.xlen(self.key))
+
+
+def _chunks(entries: Sequence[StreamEntry]) -> Iterator[Sequence[StreamEntry]]:
+    for start in range(0, len(entries), MAX_RECORDS_PER_ENTRY):
+        yield entries[start : start + MAX_RECORDS_PER_ENTRY]
+
+
+def add_many_blocking(client: redis.Redis, key: str, entries: Sequence[StreamEntry]) -> None:
+    """:meth:`RecordStream.add_many` with a blocking client (the spool writer process)."""
+    pipe = client.pipeline(transaction=False)
+    for chunk in _chunks(entries):
+        pipe.xadd(key, StreamEntry.pack(chunk))  # type: ignore[arg-type]
+    pipe.execute()
+
+
+def connect_blocking(url: str) -> redis.Redis:
+    """A blocking Redis client with the timeouts of :func:`connect`."""
+    return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=10)
