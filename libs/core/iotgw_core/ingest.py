@@ -324,11 +324,7 @@ class IngestPipeline:
         self._set_totals(totals)
         if self.seals_in_writer:
             return  # the writer process hands them over (HandoffTarget)
-        entries = [
-            StreamEntry(res.rid, res.id, rec.tenant, rec.device_id, rec.traceparent)
-            for rec, res in zip(records, results, strict=True)
-            if not res.duplicate
-        ]
+        entries = StreamEntry.of_commit(records, results)
         if entries:
             self._handoff.put_nowait(entries)
 

@@ -526,11 +526,7 @@ class _Handoff:
         self._thread.start()
 
     def committed(self, records: Sequence[NewRecord], results: Sequence[AppendResult]) -> None:
-        entries = [
-            StreamEntry(res.rid, res.id, rec.tenant, rec.device_id, rec.traceparent)
-            for rec, res in zip(records, results, strict=True)
-            if not res.duplicate
-        ]
+        entries = StreamEntry.of_commit(records, results)
         if entries:
             self._queue.put(entries)
 

@@ -19,6 +19,8 @@ import redis
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from .spool import AppendResult, Committed
+
 MAX_RECORDS_PER_ENTRY = 500
 _encode = msgspec.json.Encoder().encode
 _decode_records = msgspec.json.Decoder(list[tuple[int, str, str, str, str]]).decode
@@ -37,6 +39,18 @@ class StreamEntry(msgspec.Struct, frozen=True, gc=False):
     device_id: str
     traceparent: str | None = None
     entry_id: str = ""
+
+    @classmethod
+    def of_commit(
+        cls, records: Sequence[Committed], results: Sequence[AppendResult]
+    ) -> list[StreamEntry]:
+        """The entries naming a commit's stored records (a duplicate was handed over
+        with its original)."""
+        return [
+            cls(res.rid, res.id, rec.tenant, rec.device_id, rec.traceparent)
+            for rec, res in zip(records, results, strict=True)
+            if not res.duplicate
+        ]
 
     @staticmethod
     def pack(entries: Sequence[StreamEntry]) -> dict[str, bytes]:
