@@ -149,14 +149,12 @@ class IngestPipeline:
 
     async def start(self) -> None:
         """Start the spool writer and the background loops."""
-        in_writer = isinstance(self.writer, ProcessSpoolWriter) and not telemetry.enabled()
-        if in_writer:
-            assert isinstance(self.writer, ProcessSpoolWriter)
+        if isinstance(self.writer, ProcessSpoolWriter) and not telemetry.enabled():
             self.writer.handoff = HandoffTarget(
                 self.settings.redis_url, self.settings.stream_key, self.settings.handoff_linger_s
             )
+            self.seals_in_writer = True
         self.writer.start()
-        self.seals_in_writer = in_writer
         self._set_totals(await asyncio.to_thread(self.spool.totals))
         self._tasks.append(asyncio.create_task(self._handoff_loop(), name="stream-handoff"))
         self._tasks.append(asyncio.create_task(self._budget_loop(), name="spool-budget"))
