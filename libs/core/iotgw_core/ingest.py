@@ -36,7 +36,7 @@ _COMMIT_SECONDS = metrics.Observations(metrics.SPOOL_COMMIT_SECONDS)
 TRACEPARENT_RE = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 
 
-def checked_traceparent(traceparent: str | None) -> str | None:
+def _checked_traceparent(traceparent: str | None) -> str | None:
     """A W3C ``traceparent`` value as given, or None if it is absent or malformed."""
     if traceparent is not None and not TRACEPARENT_RE.match(traceparent):
         return None
@@ -228,7 +228,7 @@ class IngestPipeline:
     ) -> NewRecord:
         """Wrap a validated reading in an envelope and serialize it for the spool."""
         received_at = utc_now()
-        traceparent = checked_traceparent(traceparent)
+        traceparent = _checked_traceparent(traceparent)
         record_id, tenant, site = (
             uuid7_str(),
             tenant or self.settings.tenant,
@@ -265,6 +265,26 @@ class IngestPipeline:
             seq=reading.seq,
             body=encode_envelope(env),
             traceparent=traceparent,
+        )
+
+    def raw_reading(
+        self,
+        body: bytes,
+        *,
+        device_id: str,
+        tenant: str | None = None,
+        site: str | None = None,
+        traceparent: str | None = None,
+    ) -> RawReading:
+        """A reading for :meth:`submit_readings`, with the origin and trace context that
+        :meth:`build` would give it; the writer process validates and seals the body."""
+        return RawReading(
+            device_id,
+            tenant or self.settings.tenant,
+            site or self.settings.site,
+            _checked_traceparent(traceparent),
+            time.time_ns() // 1_000_000,
+            body,
         )
 
     # -- the durable part ---------------------------------------------------------------

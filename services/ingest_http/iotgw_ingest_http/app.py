@@ -19,9 +19,8 @@ import msgspec
 from iotgw_core import metrics, telemetry
 from iotgw_core.auth import AuthError, HttpGuard, RateLimited
 from iotgw_core.ids import uuid7_str
-from iotgw_core.ingest import IngestPipeline, Refused, checked_traceparent
+from iotgw_core.ingest import IngestPipeline, Refused
 from iotgw_core.spool import AppendResult, NewRecord, SpoolError
-from iotgw_core.spool_process import RawReading
 from iotgw_core.validation import (
     ValidationFailure,
     check_device_id,
@@ -246,13 +245,12 @@ async def _ingest_in_writer(
     if isinstance(checked, Response):
         return checked
     body, (tenant, site) = checked
-    reading = RawReading(
-        device_id,
-        tenant or pipeline.settings.tenant,
-        site or pipeline.settings.site,
-        checked_traceparent(_header(request, b"traceparent")),
-        time.time_ns() // 1_000_000,
+    reading = pipeline.raw_reading(
         body,
+        device_id=device_id,
+        tenant=tenant,
+        site=site,
+        traceparent=_header(request, b"traceparent"),
     )
     answers = await _durably(pipeline, pipeline.submit_readings((reading,)), 1)
     if isinstance(answers, Response):
