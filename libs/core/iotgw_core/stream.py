@@ -74,12 +74,17 @@ class StreamEntry(msgspec.Struct, frozen=True, gc=False):
         ]
 
 
+# Short timeouts, so that an absent Redis is noticed quickly.
+_CONNECT_TIMEOUT_S = 2
+_TIMEOUT_S = 10
+
+
 def connect(url: str) -> aioredis.Redis:
     """A Redis client with short timeouts, so an absent Redis is noticed quickly."""
     return aioredis.Redis.from_url(
         url,
-        socket_connect_timeout=2,
-        socket_timeout=10,
+        socket_connect_timeout=_CONNECT_TIMEOUT_S,
+        socket_timeout=_TIMEOUT_S,
         health_check_interval=15,
     )
 
@@ -214,4 +219,6 @@ def add_many_blocking(client: redis.Redis, key: str, entries: Sequence[StreamEnt
 
 def connect_blocking(url: str) -> redis.Redis:
     """A blocking Redis client with the timeouts of :func:`connect`."""
-    return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=10)
+    return redis.Redis.from_url(
+        url, socket_connect_timeout=_CONNECT_TIMEOUT_S, socket_timeout=_TIMEOUT_S
+    )
