@@ -8,20 +8,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 from collections.abc import AsyncIterator
 
 import pytest
 from iotgw_core.ingest import IngestPipeline
 from iotgw_core.settings import CommonSettings, load_settings
+from iotgw_core.sink import MemorySink
 from iotgw_core.spool import State
+from iotgw_core.spool_process import ProcessSpoolWriter
 from iotgw_core.stream import StreamEntry, connect
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
-from tests.reliability.test_sink_failures import ingest
+from tests.reliability.test_sink_failures import ingest, pipeline_and_forwarder, until
 from tests.support.procs import free_port
 
-pytestmark = [pytest.mark.reliability, pytest.mark.parametrize("writer", ["process", "thread"])]
+pytestmark = pytest.mark.reliability
+both_writers = pytest.mark.parametrize("writer", ["process", "thread"])
 
 
 async def _stream_rids(client: Redis, key: str) -> list[list[int]]:
@@ -60,6 +65,7 @@ async def _handed_off(pipeline: IngestPipeline, records: int) -> None:
     assert count == records, f"the stream names {count} records, not {records}"
 
 
+@both_writers
 async def test_commits_within_the_linger_go_out_in_one_entry(
     gateway_env: dict[str, str], writer: str
 ) -> None:
@@ -73,6 +79,7 @@ async def test_commits_within_the_linger_go_out_in_one_entry(
         assert got == [[r.rid for batch in results for r in batch]]  # one entry, commit order
 
 
+@both_writers
 async def test_without_a_linger_each_commit_is_handed_off_on_its_own(
     gateway_env: dict[str, str], writer: str
 ) -> None:
@@ -85,6 +92,7 @@ async def test_without_a_linger_each_commit_is_handed_off_on_its_own(
         assert got == [[r.rid for r in batch] for batch in results]
 
 
+@both_writers
 async def test_stopping_hands_off_what_lingers(gateway_env: dict[str, str], writer: str) -> None:
     pipeline = IngestPipeline(_settings(gateway_env, writer, "1.0"), source="http")
     await pipeline.start()
@@ -98,6 +106,7 @@ async def test_stopping_hands_off_what_lingers(gateway_env: dict[str, str], writ
         await client.aclose()
 
 
+@both_writers
 async def test_a_failed_hand_off_is_counted_and_the_records_stay_enqueued(
     gateway_env: dict[str, str], writer: str
 ) -> None:
@@ -121,3 +130,25 @@ async def test_a_failed_hand_off_is_counted_and_the_records_stay_enqueued(
         for res in results:
             stored = pipeline.spool.get(res.id)
             assert stored is not None and stored.state is State.ENQUEUED
+
+
+async def test_a_writer_killed_before_its_hand_off_loses_no_acknowledged_record(
+    gateway_env: dict[str, str],
+) -> None:
+    """kill -9 of the writer process while its hand-off lingers: the acknowledged
+    records are in the spool but never reached the stream; the forwarder's
+    reconciler finds them and they are delivered."""
+    sink = MemorySink()
+    async with pipeline_and_forwarder(gateway_env, sink, handoff_linger_s="1.0") as (pipeline, _):
+        assert pipeline.seals_in_writer
+        results = await ingest(pipeline, "dev", range(3))  # acknowledged: committed
+        assert isinstance(pipeline.writer, ProcessSpoolWriter) and pipeline.writer.pid
+        os.kill(pipeline.writer.pid, signal.SIGKILL)  # its hand-off still lingers
+        await asyncio.sleep(1.5)
+        assert await pipeline.stream.length() == 0  # the hand-off died with it
+        ids = {r.id for r in results}
+        await until(lambda: ids <= {r.id for r in sink.delivered}, 30, "reconciled and delivered")
+        # The next append starts a new writer, and its hand-off works.
+        more = await ingest(pipeline, "dev", range(3, 5))
+        more_ids = {r.id for r in more}
+        await until(lambda: more_ids <= {r.id for r in sink.delivered}, 30, "delivered")
