@@ -102,7 +102,9 @@ class CommonSettings(msgspec.Struct, kw_only=True, frozen=True):
         Literal["process", "thread"],
         Meta(
             description="Where an ingest's group commit runs: a child process (no GIL shared"
-            " with the event loop; docs/spool.md) or a thread of the ingest process."
+            " with the event loop; with tracing off it also validates single HTTP readings"
+            " and hands the commits to the stream; docs/spool.md) or a thread of the ingest"
+            " process."
         ),
     ] = "process"
     spool_max_records: Annotated[
