@@ -314,6 +314,10 @@ class ProcessSpoolWriter:
             data = sock.recv(1 << 20)
         except (BlockingIOError, InterruptedError):
             return
+        except ConnectionResetError:
+            # The child died with frames it had not read yet (sent while it waited
+            # on a transaction): its end closes with a reset instead of an EOF.
+            data = b""
         except OSError as exc:
             self._child_gone(f"spool writer process unreachable: {exc}")
             return
