@@ -10,7 +10,16 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from iotgw_core.spool import NewRecord, Spool, SpoolError, SpoolWriter, State, checkpoint_round
+from iotgw_core.spool import (
+    CheckpointPace,
+    NewRecord,
+    Spool,
+    SpoolError,
+    SpoolWriter,
+    State,
+    checkpoint_round,
+    wal_generation,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -310,6 +319,69 @@ def test_a_large_wal_starts_over_although_readers_overlapped_the_checkpoint(
     assert _wal_frames_after_a_reader(tmp_path / "a.db", restart_bytes=1 << 40) > 100
     # The RESTART round waits for the reader, and the next write starts the WAL over.
     assert _wal_frames_after_a_reader(tmp_path / "b.db", restart_bytes=64 << 10) <= 5
+
+
+def test_wal_generation_counts_each_time_the_wal_starts_over(tmp_path: Path) -> None:
+    path = tmp_path / "g.db"
+    assert wal_generation(path) == -1  # no WAL yet
+    Spool(path).close()
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("CREATE TABLE filler (x BLOB)")
+    checkpointer = sqlite3.connect(path, isolation_level=None)
+    seen = []
+    for _ in range(3):
+        writer.execute("INSERT INTO filler VALUES (?)", (bytes(4000),))
+        seen.append(wal_generation(path))
+        checkpoint_round(checkpointer)  # all copied: the next write starts the WAL over
+    assert seen == [seen[0], seen[0] + 1, seen[0] + 2]
+    for conn in (writer, checkpointer):
+        conn.close()
+
+
+def test_checkpoint_pace_quickens_while_writes_keep_coming() -> None:
+    pace = CheckpointPace(idle_s=1.0, busy_s=0.1, busy_frames=256)
+    assert pace.after(0, 10) == 1.0  # little written: rounds a second apart
+    assert pace.after(0, 400) == 0.1  # 390 new frames
+    assert pace.after(0, 500) == 1.0  # 100 new frames
+    # The WAL started over since (checkpointed in full): all its frames are new,
+    # although there are fewer of them than last round.
+    assert pace.after(1, 300) == 0.1
+    # ... again, with about as many frames as before: still new, still busy.
+    assert pace.after(2, 310) == 0.1
+    assert pace.after(2, 320) == 1.0
+    assert pace.after_error() == 1.0
+
+
+def _generations_in(path: Path, pace: CheckpointPace, seconds: float) -> int:
+    """How often the WAL started over while rows were written for ``seconds`` with
+    a background checkpointer at ``pace`` (each round that copies everything lets
+    the next write start it over)."""
+    spool = Spool(path)
+    stop = spool.checkpoint_in_background(pace)
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("PRAGMA wal_autocheckpoint=0")  # only the checkpointer's rounds
+    writer.execute("CREATE TABLE IF NOT EXISTS filler (x BLOB)")
+    first = wal_generation(path)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:  # ~40 frames per 10 ms
+        writer.execute("BEGIN")
+        for _ in range(40):
+            writer.execute("INSERT INTO filler VALUES (?)", (bytes(3000),))
+        writer.execute("COMMIT")
+        time.sleep(0.01)
+    generations = wal_generation(path) - first
+    stop.set()
+    writer.close()
+    spool.close()
+    return generations
+
+
+def test_the_background_checkpointer_keeps_the_pace_it_is_given(tmp_path: Path) -> None:
+    idle_only = CheckpointPace(idle_s=0.5, busy_s=0.05, busy_frames=1 << 30)
+    quickened = CheckpointPace(idle_s=0.5, busy_s=0.05, busy_frames=64)
+    # A round every 0.5 s: at most 3 in 1.2 s. Quickened: a round every ~0.05 s.
+    assert _generations_in(tmp_path / "idle.db", idle_only, 1.2) <= 3
+    assert _generations_in(tmp_path / "busy.db", quickened, 1.2) >= 8
 
 
 # The schema of spool files written before `pending` (user_version 2), as it was.

@@ -42,6 +42,11 @@ _INSERT_ROW = "(?,?,?,?,?,0,?,?,?,?,?)"
 # The background checkpointer starts the WAL over once it is this large; the
 # file is cut back to it when it starts over (journal_size_limit).
 WAL_RESTART_BYTES = 64 << 20
+# Its pace: a round every CHECKPOINT_IDLE_S, and every CHECKPOINT_BUSY_S while the
+# last round found at least CHECKPOINT_BUSY_FRAMES new WAL frames (docs/spool.md).
+CHECKPOINT_IDLE_S = 1.0
+CHECKPOINT_BUSY_S = 0.1
+CHECKPOINT_BUSY_FRAMES = 256
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -114,6 +119,18 @@ _LABELS = {
 }
 
 
+def wal_generation(db_path: Path) -> int:
+    """How often the WAL of the database at ``db_path`` has started over: its header's
+    checkpoint sequence number (https://www.sqlite.org/fileformat.html#wal_file_format);
+    -1 while there is no WAL."""
+    try:
+        with open(f"{db_path}-wal", "rb") as wal:
+            header = wal.read(16)
+    except FileNotFoundError:
+        return -1
+    return int.from_bytes(header[12:16], "big") if len(header) == 16 else -1
+
+
 def checkpoint_round(conn: sqlite3.Connection, restart_bytes: int = WAL_RESTART_BYTES) -> int:
     """One background checkpoint: PASSIVE, then RESTART once the WAL is that large.
 
@@ -124,6 +141,40 @@ def checkpoint_round(conn: sqlite3.Connection, restart_bytes: int = WAL_RESTART_
     if frames * page >= restart_bytes:
         conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
     return int(frames)
+
+
+class CheckpointPace:
+    """When the background checkpointer's next round comes, from what the last one found.
+
+    Each round's copy ends with an fsync of the database file; on ext4 a commit's
+    fsync of the WAL waits for the data that fsync is writing. A second's worth of
+    WAL under full ingest load made commits stall for 10-40 ms about once a second,
+    which set the HTTP p99 (docs/performance.md); a tenth of that stalls them for a
+    few ms. While little is written, rounds stay a second apart, so an idle spool
+    does not fsync ten times a second.
+    """
+
+    def __init__(
+        self,
+        idle_s: float = CHECKPOINT_IDLE_S,
+        busy_s: float = CHECKPOINT_BUSY_S,
+        busy_frames: int = CHECKPOINT_BUSY_FRAMES,
+    ) -> None:
+        self.idle_s, self.busy_s, self.busy_frames = idle_s, busy_s, busy_frames
+        self._last: tuple[int, int] = (-1, 0)  # the WAL's generation and frames
+
+    def after(self, generation: int, frames: int) -> float:
+        """Seconds until the next round, given the WAL's generation (see
+        :func:`wal_generation`) and frames at this one."""
+        last_generation, last_frames = self._last
+        # A WAL that started over since holds only frames written since.
+        new = frames - last_frames if generation == last_generation else frames
+        self._last = (generation, frames)
+        return self.busy_s if new >= self.busy_frames else self.idle_s
+
+    def after_error(self) -> float:
+        """Seconds until the next round after one that failed (busy, I/O)."""
+        return self.idle_s
 
 
 class SpoolError(Exception):
@@ -351,14 +402,15 @@ class Spool:
             self._conn.execute(f"PRAGMA journal_size_limit={WAL_RESTART_BYTES}")
 
     def checkpoint_in_background(
-        self, interval_s: float = 1.0, restart_bytes: int = WAL_RESTART_BYTES
+        self, pace: CheckpointPace | None = None, restart_bytes: int = WAL_RESTART_BYTES
     ) -> threading.Event:
         """Move WAL checkpoints off this connection's commits, onto a thread of their own.
 
         By default the commit that pushes the WAL past 1,000 pages also copies it
         into the database and fsyncs that: one sender in a thousand pages waits
         for it. Here a separate connection checkpoints (PASSIVE: never blocks a
-        writer) every ``interval_s``. Set the returned event to stop the thread.
+        writer) at the ``pace`` given (:class:`CheckpointPace`: every second, and
+        every 0.1 s while writes keep coming). Set the returned event to stop the thread.
 
         PASSIVE alone lets the WAL grow without bound under steady writes: SQLite
         starts the WAL over only when a write finds every frame checkpointed, and
@@ -372,15 +424,22 @@ class Spool:
         """
         self.leave_checkpoints_to_others()
         stop = threading.Event()
+        pace = pace or CheckpointPace()
 
         def run() -> None:
             conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=30)
             try:
-                while not stop.wait(interval_s):
+                wait_s = pace.idle_s
+                while not stop.wait(wait_s):
                     try:
-                        checkpoint_round(conn, restart_bytes)
+                        # The generation before the round: a write that starts the WAL
+                        # over can come right after it, not during it.
+                        generation = wal_generation(self.path)
+                        frames = checkpoint_round(conn, restart_bytes)
+                        wait_s = pace.after(generation, frames)
                     except sqlite3.Error as exc:  # busy or I/O: the next round tries again
                         log.debug("background checkpoint: %s", exc)
+                        wait_s = pace.after_error()
             finally:
                 conn.close()
 
