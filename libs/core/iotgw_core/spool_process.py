@@ -246,19 +246,22 @@ class ProcessSpoolWriter:
         result: list[AppendResult] = await self._send(records, False, _Records(records))
         return result
 
-    async def append_readings(self, readings: Sequence[RawReading]) -> list[Answer]:
+    def append_readings(self, readings: Sequence[RawReading]) -> asyncio.Future[list[Answer]]:
         """Validate raw readings, seal the valid ones in envelopes (ids, arrival time,
         ``gateway_id``, ``source``) and append them in one transaction.
 
-        Returns, per reading, its outcome and, if it was stored, its result (after
-        the commit); a reading that breaks a rule gets its code and message instead.
+        The future gives, per reading, its outcome and, if it was stored, its result
+        (after the commit); a reading that breaks a rule gets its code and message
+        instead. A future, not a coroutine: on the HTTP hot path every coroutine
+        between the handler and the wait is created, and resumed once the commit
+        is in, per request. Raises SpoolError at once if the writer cannot take them.
         """
-        result: list[Answer] = await self._send(readings, True, _Readings(readings))
-        return result
+        future: asyncio.Future[list[Answer]] = self._send(readings, True, _Readings(readings))
+        return future
 
-    async def _send(
+    def _send(
         self, items: Sequence[NewRecord] | Sequence[RawReading], raw: bool, request: Any
-    ) -> Any:
+    ) -> asyncio.Future[Any]:
         if self._loop is None or self._stopping:
             raise SpoolError("spool writer is not started")
         if self._sock is None:
@@ -280,7 +283,7 @@ class ProcessSpoolWriter:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
         # A sender that goes away cancels only its wait: the record is committed anyway.
-        return await future
+        return future
 
     def _flush(self) -> None:
         self._flush_scheduled = False

@@ -169,14 +169,18 @@ async def _durably(
     try:
         return await append
     except SpoolError as exc:
-        log.error("spool append failed: %s", exc)
-        metrics.EVENTS_REJECTED.labels(SOURCE, "spool_unavailable").inc(count)
-        return error(
-            503,
-            "spool_unavailable",
-            "the spool cannot store records now; retry later",
-            {"Retry-After": str(pipeline.retry_after_s)},
-        )
+        return _spool_unavailable(pipeline, exc, count)
+
+
+def _spool_unavailable(pipeline: IngestPipeline, exc: SpoolError, count: int) -> Response[bytes]:
+    log.error("spool append failed: %s", exc)
+    metrics.EVENTS_REJECTED.labels(SOURCE, "spool_unavailable").inc(count)
+    return error(
+        503,
+        "spool_unavailable",
+        "the spool cannot store records now; retry later",
+        {"Retry-After": str(pipeline.retry_after_s)},
+    )
 
 
 def _count_stored(results: Sequence[AppendResult]) -> None:
@@ -252,9 +256,12 @@ async def _ingest_in_writer(
         site=site,
         traceparent=_header(request, b"traceparent"),
     )
-    answers = await _durably(pipeline, pipeline.submit_readings((reading,)), 1)
-    if isinstance(answers, Response):
-        return answers
+    # Awaited here, not through _durably and _stored: each coroutine between this
+    # handler and the commit's future costs its creation and a resumption per request.
+    try:
+        answers = await pipeline.submit_readings((reading,))
+    except SpoolError as exc:
+        return _spool_unavailable(pipeline, exc, 1)
     outcome, result = answers[0]
     if result is None:
         if outcome.code == "internal_error":
@@ -263,7 +270,9 @@ async def _ingest_in_writer(
         metrics.EVENTS_REJECTED.labels(SOURCE, outcome.code).inc()
         return error(400, str(outcome.code), outcome.message)
     _count_stored((result,))
-    return await _stored(request, pipeline, result)
+    if pipeline.ack_mode == "sink":
+        return await _stored(request, pipeline, result)
+    return _enqueued(result)
 
 
 async def _stored(
@@ -274,6 +283,10 @@ async def _stored(
         (result,), _settings(request).sink_ack_timeout_s
     ):
         return _json(200, {"id": result.id, "status": "delivered", "duplicate": result.duplicate})
+    return _enqueued(result)
+
+
+def _enqueued(result: AppendResult) -> Response[bytes]:
     return _json(202, {"id": result.id, "status": "enqueued", "duplicate": result.duplicate})
 
 
