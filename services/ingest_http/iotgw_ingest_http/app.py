@@ -256,8 +256,9 @@ async def _ingest_in_writer(
         site=site,
         traceparent=_header(request, b"traceparent"),
     )
-    # Awaited here, not through _durably and _stored: each coroutine between this
-    # handler and the commit's future costs its creation and a resumption per request.
+    # Awaited here, not through _durably (nor _stored, outside ack mode sink): each
+    # coroutine between this handler and the commit's future costs its creation and
+    # a resumption per request.
     try:
         answers = await pipeline.submit_readings((reading,))
     except SpoolError as exc:
