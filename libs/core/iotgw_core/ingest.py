@@ -28,6 +28,7 @@ from .settings import CommonSettings
 from .spool import AppendResult, Committed, NewRecord, Spool, SpoolWriter, State, Totals
 from .spool_process import Answer, HandoffTarget, ProcessSpoolWriter, RawReading
 from .stream import RecordStream, StreamEntry, connect
+from .tasks import cancel_all
 from .validation import Reading, utc_now
 
 log = logging.getLogger(__name__)
@@ -195,11 +196,7 @@ class IngestPipeline:
         await self.writer.stop()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._handoff.join(), handoff_timeout_s)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_all(self._tasks)
         await self.redis.aclose()
         self.spool.close()
 

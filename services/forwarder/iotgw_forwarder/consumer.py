@@ -34,6 +34,7 @@ from iotgw_core.retry import RetryPolicy
 from iotgw_core.sink import Outcome, Sink, SinkUnavailable, skip_after_failure
 from iotgw_core.spool import Spool, State, StoredRecord
 from iotgw_core.stream import RecordStream, StreamEntry, connect
+from iotgw_core.tasks import cancel_all
 from redis.exceptions import RedisError, ResponseError
 
 from .settings import ForwarderSettings
@@ -120,11 +121,7 @@ class Forwarder:
             while not self._stopping.is_set():
                 await self.step()
         finally:
-            for task in background:
-                task.cancel()
-            for task in background:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            await cancel_all(background)
             await self._flush_acks()
             await self.sink.close()
             with contextlib.suppress(Exception):
