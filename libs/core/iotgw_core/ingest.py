@@ -436,22 +436,28 @@ class IngestPipeline:
                     self._waiters.pop(res.id, None)
 
     async def _acked_listener(self) -> None:
+        # Closed on every way out (an error, the stop): a subscription left open stays
+        # subscribed on the server, which keeps queueing every message for it.
         while True:
             try:
-                pubsub = self.redis.pubsub()
-                await pubsub.subscribe(self.stream.acked_channel)
-                async for message in pubsub.listen():
-                    if message.get("type") != "message":
-                        continue
-                    for record_id in message["data"].decode().split(","):
-                        fut = self._waiters.get(record_id)
-                        if fut is not None and not fut.done():
-                            fut.set_result(None)
+                async with self.redis.pubsub() as pubsub:
+                    await pubsub.subscribe(self.stream.acked_channel)
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            self._delivered(message["data"])
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.debug("acked listener: %s", exc)
                 await asyncio.sleep(1.0)
+
+    def _delivered(self, data: bytes) -> None:
+        # Comma-separated record ids (RecordStream.ack). Anything else on the channel
+        # names no waiting record and is passed over, without dropping the subscription.
+        for record_id in data.decode(errors="replace").split(","):
+            fut = self._waiters.get(record_id)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
 
     # -- status -----------------------------------------------------------------------------
 

@@ -1,0 +1,109 @@
+"""Ack mode sink: the HTTP ingest's subscription to the forwarder's acknowledgements.
+
+The forwarder publishes the ids of the records its sink acknowledged on the
+stream's acked channel; ingest processes in ack mode sink hold one subscription
+to it and answer 200 when their record's id comes by. These tests run a real
+redis-server and the real pipeline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import Iterator
+
+import pytest
+from iotgw_core.ingest import IngestPipeline
+from iotgw_core.settings import CommonSettings, load_settings
+from iotgw_core.spool import AppendResult, State
+from iotgw_core.stream import connect
+
+
+@pytest.fixture
+def no_gc() -> Iterator[None]:
+    """Without the cyclic collector, a subscription nobody closed stays open."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+async def _subscribers(pipeline: IngestPipeline) -> int:
+    [(_, count)] = await pipeline.redis.pubsub_numsub(pipeline.stream.acked_channel)
+    return int(count)
+
+
+async def _until_subscribed(pipeline: IngestPipeline) -> None:
+    for _ in range(100):
+        if await _subscribers(pipeline) >= 1:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the acked listener never subscribed")
+
+
+async def test_foreign_messages_on_the_acked_channel_keep_one_subscription(
+    gateway_env: dict[str, str], no_gc: None
+) -> None:
+    pipeline = IngestPipeline(
+        load_settings(CommonSettings, gateway_env), source="http", ack_mode="sink"
+    )
+    await pipeline.start()
+    try:
+        await _until_subscribed(pipeline)
+        channel = pipeline.stream.acked_channel
+        for junk in (b"\xff\xfe", b"", b"not,an,id"):  # not ids of waiting records
+            await pipeline.redis.publish(channel, junk)
+        await asyncio.sleep(1.5)  # past the listener's 1 s retry pause
+        # Each of them used to end the subscription without closing it and open a
+        # new one a second later: the old ones stayed subscribed, their messages
+        # queued up on the server for nobody.
+        assert await _subscribers(pipeline) == 1
+        # The subscription never paused: an acknowledgement right after the junk
+        # reaches its waiter well before the listener's 1 s retry pause.
+        result = AppendResult(
+            id="0190-acked-after-junk", rid=1, duplicate=False, state=State.ENQUEUED
+        )
+        waiting = asyncio.create_task(pipeline.wait_delivered((result,), 5.0))
+        await asyncio.sleep(0.05)
+        loop = asyncio.get_running_loop()
+        published = loop.time()
+        await pipeline.redis.publish(channel, f"0190-other,{result.id}".encode())
+        assert await waiting is True
+        assert loop.time() - published < 0.5
+    finally:
+        await pipeline.stop()
+
+
+async def test_an_error_in_the_subscription_closes_it_before_the_next(
+    gateway_env: dict[str, str], no_gc: None
+) -> None:
+    pipeline = IngestPipeline(
+        load_settings(CommonSettings, gateway_env), source="http", ack_mode="sink"
+    )
+    failures = 0
+
+    def failing(data: bytes) -> None:
+        nonlocal failures
+        failures += 1
+        raise RuntimeError("a fault while handling an acknowledgement")
+
+    pipeline._delivered = failing  # type: ignore[method-assign]
+    await pipeline.start()
+    try:
+        await _until_subscribed(pipeline)
+        for round_ in range(3):
+            await pipeline.redis.publish(pipeline.stream.acked_channel, b"0190-x")
+            await asyncio.sleep(1.3)  # the listener's retry pause, then a new subscription
+            assert failures == round_ + 1
+            assert await _subscribers(pipeline) == 1
+    finally:
+        await pipeline.stop()
+    # And the stop closes the last one.
+    client = connect(gateway_env["IOTGW_REDIS_URL"])
+    try:
+        assert await client.pubsub_numsub(pipeline.stream.acked_channel) == [
+            (pipeline.stream.acked_channel.encode(), 0)
+        ]
+    finally:
+        await client.aclose()
