@@ -31,7 +31,7 @@ fmt: deps ## Format and auto-fix
 	$(UV) run --frozen ruff check --fix libs services tests firmware/sim loadtest
 	$(UV) run --frozen ruff format libs services tests firmware/sim loadtest
 
-bench: ## Benchmarks that print figures into var/bench/results.json (BENCH=http|mqtt|drain|all)
+bench: ## Benchmarks that print figures into var/bench/results.json (BENCH=http|instr|mqtt|drain|all)
 	@BOOTSTRAP_BENCH=1 bash .ci/bootstrap.sh
 	$(PY) -m tests.bench --group $(BENCH)
 

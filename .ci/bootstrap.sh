@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what `make test`, `make run` and `make bench` need on a bare Debian 12
 # machine: system packages (redis-server, mosquitto, prometheus, the firmware
-# toolchain; wrk for benchmarks), uv, and the locked
+# toolchain; wrk and valgrind for benchmarks), uv, and the locked
 # Python environment. Idempotent: installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +18,10 @@ command -v mosquitto_passwd >/dev/null || missing+=(mosquitto)
 command -v mosquitto_pub >/dev/null || missing+=(mosquitto-clients)
 # promtool (rule unit tests) and prometheus (the dashboards/rules test scrapes the stack).
 command -v promtool >/dev/null || missing+=(prometheus)
-if [ "${BOOTSTRAP_BENCH:-0}" = 1 ]; then command -v wrk >/dev/null || missing+=(wrk); fi
+if [ "${BOOTSTRAP_BENCH:-0}" = 1 ]; then
+  command -v wrk >/dev/null || missing+=(wrk)
+  command -v valgrind >/dev/null || missing+=(valgrind)  # callgrind: `make bench BENCH=instr`
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "bootstrap: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
