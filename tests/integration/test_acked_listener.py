@@ -9,14 +9,19 @@ redis-server and the real pipeline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from iotgw_core.ingest import IngestPipeline
 from iotgw_core.settings import CommonSettings, load_settings
 from iotgw_core.spool import AppendResult, State
 from iotgw_core.stream import connect
+from redis.exceptions import RedisError
+
+from tests.support.procs import RedisServer
 
 
 @pytest.fixture
@@ -36,8 +41,10 @@ async def _subscribers(pipeline: IngestPipeline) -> int:
 
 async def _until_subscribed(pipeline: IngestPipeline) -> None:
     for _ in range(100):
-        if await _subscribers(pipeline) >= 1:
-            return
+        # The client's pooled connection fails once after a Redis restart.
+        with contextlib.suppress(RedisError):
+            if await _subscribers(pipeline) >= 1:
+                return
         await asyncio.sleep(0.05)
     raise AssertionError("the acked listener never subscribed")
 
@@ -107,3 +114,28 @@ async def test_an_error_in_the_subscription_closes_it_before_the_next(
         ]
     finally:
         await client.aclose()
+
+
+async def test_the_subscription_comes_back_after_redis_restarts(
+    gateway_env: dict[str, str], tmp_path: Path
+) -> None:
+    redis = RedisServer(tmp_path / "own-redis").start()  # restarted here: not the shared one
+    pipeline = IngestPipeline(
+        load_settings(CommonSettings, {**gateway_env, "IOTGW_REDIS_URL": redis.url}),
+        source="http",
+        ack_mode="sink",
+    )
+    await pipeline.start()
+    try:
+        await _until_subscribed(pipeline)
+        redis.restart_empty()  # kill -9, then an empty server on the same port
+        await _until_subscribed(pipeline)
+        result = AppendResult(id="0190-after-restart", rid=1, duplicate=False, state=State.ENQUEUED)
+        waiting = asyncio.create_task(pipeline.wait_delivered((result,), 5.0))
+        await asyncio.sleep(0.05)
+        await pipeline.redis.publish(pipeline.stream.acked_channel, result.id.encode())
+        assert await waiting is True
+        assert await _subscribers(pipeline) == 1
+    finally:
+        await pipeline.stop()
+        redis.stop()
