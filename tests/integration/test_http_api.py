@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from iotgw_core.spool import Spool
 from litestar.testing import AsyncTestClient
+from prometheus_client import REGISTRY
 
 from tests.integration.conftest import AppFactory
 from tests.support.stack import outbox_records
@@ -291,6 +292,43 @@ async def test_health_ready_metrics(client: AsyncTestClient[Any]) -> None:
     text = (await client.get("/metrics")).text
     assert 'gateway_events_received_total{source="http"}' in text
     assert 'gateway_events_rejected_total{reason="invalid_metric_key",source="http"}' in text
+
+
+def _event_counts() -> dict[str, float]:
+    samples = {
+        "received": ("gateway_events_received_total", {"source": "http"}),
+        "accepted": (
+            "gateway_events_accepted_total",
+            {"source": "http", "record_class": "telemetry"},
+        ),
+        "duplicate": ("gateway_events_duplicate_total", {"source": "http"}),
+        "rejected": (
+            "gateway_events_rejected_total",
+            {"source": "http", "reason": "invalid_metric_key"},
+        ),
+    }
+    return {
+        key: REGISTRY.get_sample_value(name, labels) or 0.0
+        for key, (name, labels) in samples.items()
+    }
+
+
+async def test_event_counters_count_each_reading_once(client: AsyncTestClient[Any]) -> None:
+    before = _event_counts()
+    reading = {"seq": 41, "metrics": {"t": 1}}
+    assert (await post(client, "dev-counts", reading)).json()["duplicate"] is False
+    assert (await post(client, "dev-counts", reading)).json()["duplicate"] is True
+    assert (await post(client, "dev-counts", {"metrics": {"Bad": 1}})).status_code == 400
+    batch = [{"seq": 42, "metrics": {"t": 1}}, reading, {"metrics": {"Bad": 1}}]
+    r = await client.post("/v1/ingest/dev-counts/batch", content=json.dumps(batch), headers=JSON)
+    assert r.status_code == 202
+    after = _event_counts()
+    assert {key: after[key] - before[key] for key in before} == {
+        "received": 6,
+        "accepted": 2,
+        "duplicate": 2,
+        "rejected": 2,
+    }
 
 
 async def test_health_reports_redis_down_but_ingest_stays_durable(make_client: AppFactory) -> None:

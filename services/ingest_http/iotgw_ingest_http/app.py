@@ -80,21 +80,23 @@ def _refused(exc: Refused) -> Response[bytes]:
     return error(503, exc.code, exc.message, {"Retry-After": str(exc.retry_after_s)})
 
 
-def _header(request: Request[Any, Any, Any], name: bytes) -> str | None:
-    """One request header, read from the ASGI scope (cheaper than building Headers)."""
+def _json_and_traceparent(request: Request[Any, Any, Any]) -> tuple[bool, str | None]:
+    """Whether the body is declared JSON, and the ``traceparent`` header: both read in
+    one pass over the ASGI scope's headers (cheaper than building Headers)."""
+    ctype = traceparent = None
     for key, value in request.scope["headers"]:
-        if key == name:
-            return bytes(value).decode("latin-1")
-    return None
+        if key == b"content-type" and ctype is None:
+            ctype = bytes(value)
+        elif key == b"traceparent" and traceparent is None:
+            traceparent = bytes(value).decode("latin-1")
+    return ctype == b"application/json" or _is_json(ctype or b""), traceparent
 
 
-def _is_json(request: Request[Any, Any, Any]) -> bool:
-    ctype = _header(request, b"content-type") or ""
-    if ctype == "application/json":  # what nearly every client sends
-        return True
-    media = ctype.split(";", 1)[0].strip().lower()
-    return media == "application/json" or (
-        media.startswith("application/") and media.endswith("+json")
+def _is_json(ctype: bytes) -> bool:
+    # Past what nearly every client sends (application/json): parameters, case, +json.
+    media = ctype.split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or (
+        media.startswith(b"application/") and media.endswith(b"+json")
     )
 
 
@@ -107,9 +109,9 @@ async def _read_checked(
     pipeline: IngestPipeline,
     device_id: str,
     parse: Callable[[bytes], _Parsed],
-) -> tuple[_Parsed, _Origin] | Response[bytes]:
-    """Common front half of both ingest paths: the parsed body and the device's
-    tenant and site, or the error Response."""
+) -> tuple[_Parsed, _Origin, str | None] | Response[bytes]:
+    """Common front half of every ingest path: the parsed body, the device's tenant
+    and site, and the request's ``traceparent`` header; or the error Response."""
     _RECEIVED.count += 1
     try:
         check_device_id(device_id)
@@ -118,7 +120,8 @@ async def _read_checked(
         return _invalid(exc)
     except Refused as exc:
         return _refused(exc)
-    if not _is_json(request):
+    is_json, traceparent = _json_and_traceparent(request)
+    if not is_json:
         metrics.EVENTS_REJECTED.labels(SOURCE, "unsupported_media_type").inc()
         return error(415, "unsupported_media_type", "Content-Type must be application/json")
     body = await request.body()  # over the handler's limit: RequestEntityTooLarge -> 413
@@ -126,7 +129,7 @@ async def _read_checked(
     if isinstance(origin, Response):
         return origin
     try:
-        return parse(body), origin
+        return parse(body), origin, traceparent
     except ValidationFailure as exc:
         return _invalid(exc)
 
@@ -221,13 +224,9 @@ async def ingest(request: Request[Any, Any, Any]) -> Response[bytes]:
     checked = await _read_checked(request, pipeline, device_id, parse_reading)
     if isinstance(checked, Response):
         return checked
-    reading, (tenant, site) = checked
+    reading, (tenant, site), traceparent = checked
     record = pipeline.build(
-        reading,
-        device_id=device_id,
-        tenant=tenant,
-        site=site,
-        traceparent=_header(request, b"traceparent"),
+        reading, device_id=device_id, tenant=tenant, site=site, traceparent=traceparent
     )
     results = await _commit(pipeline, [record])
     if isinstance(results, Response):
@@ -248,13 +247,9 @@ async def _ingest_in_writer(
     checked = await _read_checked(request, pipeline, device_id, _as_is)
     if isinstance(checked, Response):
         return checked
-    body, (tenant, site) = checked
+    body, (tenant, site), traceparent = checked
     reading = pipeline.raw_reading(
-        body,
-        device_id=device_id,
-        tenant=tenant,
-        site=site,
-        traceparent=_header(request, b"traceparent"),
+        body, device_id=device_id, tenant=tenant, site=site, traceparent=traceparent
     )
     # Awaited here, not through _durably (nor _stored, outside ack mode sink): each
     # coroutine between this handler and the commit's future costs its creation and
@@ -270,7 +265,10 @@ async def _ingest_in_writer(
             return error(HTTP_500_INTERNAL_SERVER_ERROR, "internal_error", "internal error")
         metrics.EVENTS_REJECTED.labels(SOURCE, outcome.code).inc()
         return error(400, str(outcome.code), outcome.message)
-    _count_stored((result,))
+    if result.duplicate:  # _count_stored's counts, for the one result
+        _DUPLICATE.count += 1
+    else:
+        _ACCEPTED.count += 1
     if pipeline.ack_mode == "sink":
         return await _stored(request, pipeline, result)
     return _enqueued(result)
@@ -300,7 +298,7 @@ async def ingest_batch(
     checked = await _read_checked(request, pipeline, device_id, decode_json)
     if isinstance(checked, Response):
         return checked
-    decoded, (tenant, site) = checked
+    decoded, (tenant, site), traceparent = checked
     if not isinstance(decoded, list):
         metrics.EVENTS_REJECTED.labels(SOURCE, "invalid_batch").inc()
         return error(400, "invalid_batch", "batch body must be a JSON array of readings")
@@ -317,7 +315,6 @@ async def ingest_batch(
     items: list[dict[str, Any]] = []
     records: list[NewRecord] = []
     slots: list[int] = []
-    traceparent = _header(request, b"traceparent")
     for index, obj in enumerate(decoded):
         try:
             reading = validate_reading(obj)
