@@ -27,6 +27,7 @@ from iotgw_core.settings import load_settings
 from iotgw_ingest_http.app import create_app
 from iotgw_ingest_http.settings import IngestHttpSettings
 
+from tests.bench import service_env
 from tests.support.procs import RedisServer
 
 CLIENTS = 64
@@ -64,15 +65,13 @@ def _scope(path: str, body: bytes) -> dict[str, Any]:
 async def _drive(work: Path, endpoints: list[str], per_client: int) -> None:
     redis = RedisServer(work / "redis").start()
     try:
-        env = {
-            "IOTGW_REDIS_URL": redis.url,
-            "IOTGW_SPOOL_PATH": str(work / "spool.db"),
-            "IOTGW_OUTBOX_DIR": str(work / "outbox"),
-            "IOTGW_HTTP_BENCH_ENDPOINTS": "true",
-            "IOTGW_AUTH_MODE": "none",
-            "IOTGW_LOG_LEVEL": "ERROR",
-            "IOTGW_METRICS_PORT": "0",
-        }
+        env = service_env(
+            work,
+            redis.url,
+            IOTGW_HTTP_BENCH_ENDPOINTS="true",
+            IOTGW_AUTH_MODE="none",
+            IOTGW_LOG_LEVEL="ERROR",
+        )
         app: Any = create_app(load_settings(IngestHttpSettings, env))  # called as a bare ASGI app
         tune_gc()
         inbox: asyncio.Queue[dict[str, str]] = asyncio.Queue()

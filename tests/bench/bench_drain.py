@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.bench import service_env
 from tests.support.aws_standin import AwsIotStandin
 from tests.support.procs import RedisServer
 from tests.support.stack import Stack, wait_until
@@ -50,19 +51,16 @@ def _one(
     """(drain records/s, live ingest records/s) of one configuration."""
     base = work / name
     standin = AwsIotStandin(base / "standin").start()
-    env = {
-        "IOTGW_REDIS_URL": redis.url,
-        "IOTGW_STREAM_KEY": f"bench:{name}",
-        "IOTGW_SPOOL_PATH": str(base / "spool.db"),
-        "IOTGW_OUTBOX_DIR": str(base / "outbox"),
-        "IOTGW_METRICS_PORT": "0",
-        "IOTGW_LOG_LEVEL": "WARNING",
-        "IOTGW_HTTP_MAX_BATCH_BYTES": str(4 << 20),
-        "IOTGW_AUTH_MODE": "none",
-        "IOTGW_MAX_PENDING_RECORDS": "20000",
+    env = service_env(
+        base,
+        redis.url,
+        IOTGW_STREAM_KEY=f"bench:{name}",
+        IOTGW_HTTP_MAX_BATCH_BYTES=str(4 << 20),
+        IOTGW_AUTH_MODE="none",
+        IOTGW_MAX_PENDING_RECORDS="20000",
         **standin.sink_env(),
         **extra,
-    }
+    )
     stack = Stack(env, base)
     stack.start_ingest()
     try:

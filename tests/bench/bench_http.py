@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.bench import service_env
 from tests.bench.clock import Clock, OutboxLines, with_children
 from tests.support.procs import RedisServer, free_port, python_service, wait_port
 from tests.support.stack import wait_until
@@ -105,16 +106,13 @@ def run() -> dict[str, float]:
         work = Path(tmp)
         redis = RedisServer(work / "redis").start()
         port = free_port()
-        env = {
-            "IOTGW_REDIS_URL": redis.url,
-            "IOTGW_SPOOL_PATH": str(work / "spool.db"),
-            "IOTGW_OUTBOX_DIR": str(work / "outbox"),
-            "IOTGW_HTTP_PORT": str(port),
-            "IOTGW_HTTP_BENCH_ENDPOINTS": "true",
-            "IOTGW_AUTH_MODE": "none",  # the figures so far were taken without device auth
-            "IOTGW_METRICS_PORT": "0",
-            "IOTGW_LOG_LEVEL": "WARNING",
-        }
+        env = service_env(
+            work,
+            redis.url,
+            IOTGW_HTTP_PORT=str(port),
+            IOTGW_HTTP_BENCH_ENDPOINTS="true",
+            IOTGW_AUTH_MODE="none",  # the figures so far were taken without device auth
+        )
         ingest = python_service("iotgw_ingest_http", "ingest-http", work, env).start()
         forwarder = python_service("iotgw_forwarder", "forwarder", work, env)
         try:

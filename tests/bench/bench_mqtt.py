@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.bench import service_env
 from tests.bench.clock import Clock, OutboxLines, with_children
 
 DEVICES = 3
@@ -136,14 +137,7 @@ def run_gateway(work: Path) -> tuple[float, float]:
 
     broker = MosquittoBroker(work / "broker", cert_listener=False).start()
     redis = RedisServer(work / "redis").start()
-    env = {
-        **broker.env(),
-        "IOTGW_REDIS_URL": redis.url,
-        "IOTGW_SPOOL_PATH": str(work / "spool.db"),
-        "IOTGW_OUTBOX_DIR": str(work / "outbox"),
-        "IOTGW_METRICS_PORT": "0",
-        "IOTGW_LOG_LEVEL": "WARNING",
-    }
+    env = service_env(work, redis.url, **broker.env())
     creds = [broker.add_device(f"bench-{i}") for i in range(DEVICES)]
     replicas = int(os.environ.get("BENCH_MQTT_REPLICAS", "1"))
     if replicas > 1:
