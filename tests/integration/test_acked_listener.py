@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from iotgw_core.spool import AppendResult, State
 from iotgw_core.stream import connect
 from redis.exceptions import RedisError
 
-from tests.support.procs import RedisServer
+from tests.support.procs import RedisServer, free_port
 
 
 @pytest.fixture
@@ -32,6 +33,14 @@ def no_gc() -> Iterator[None]:
         yield
     finally:
         gc.enable()
+
+
+def _listener_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and "the subscription to" in r.getMessage()
+    ]
 
 
 async def _subscribers(pipeline: IngestPipeline) -> int:
@@ -83,7 +92,7 @@ async def test_foreign_messages_on_the_acked_channel_keep_one_subscription(
 
 
 async def test_an_error_in_the_subscription_closes_it_before_the_next(
-    gateway_env: dict[str, str], no_gc: None
+    gateway_env: dict[str, str], no_gc: None, caplog: pytest.LogCaptureFixture
 ) -> None:
     pipeline = IngestPipeline(
         load_settings(CommonSettings, gateway_env), source="http", ack_mode="sink"
@@ -106,6 +115,10 @@ async def test_an_error_in_the_subscription_closes_it_before_the_next(
             assert await _subscribers(pipeline) == 1
     finally:
         await pipeline.stop()
+    # Each failure came after a subscription that worked: each is told, with its cause.
+    warnings = _listener_warnings(caplog)
+    assert len(warnings) == 3
+    assert all("a fault while handling an acknowledgement" in w for w in warnings)
     # And the stop closes the last one.
     client = connect(gateway_env["IOTGW_REDIS_URL"])
     try:
@@ -117,8 +130,9 @@ async def test_an_error_in_the_subscription_closes_it_before_the_next(
 
 
 async def test_the_subscription_comes_back_after_redis_restarts(
-    gateway_env: dict[str, str], tmp_path: Path
+    gateway_env: dict[str, str], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="iotgw_core.ingest")
     redis = RedisServer(tmp_path / "own-redis").start()  # restarted here: not the shared one
     pipeline = IngestPipeline(
         load_settings(CommonSettings, {**gateway_env, "IOTGW_REDIS_URL": redis.url}),
@@ -139,3 +153,25 @@ async def test_the_subscription_comes_back_after_redis_restarts(
     finally:
         await pipeline.stop()
         redis.stop()
+    assert len(_listener_warnings(caplog)) == 1
+    assert any(
+        "subscribed to" in r.getMessage() and "again" in r.getMessage() for r in caplog.records
+    )
+
+
+async def test_while_redis_stays_away_the_operator_is_told_once(
+    gateway_env: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    closed = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    pipeline = IngestPipeline(
+        load_settings(CommonSettings, {**gateway_env, "IOTGW_REDIS_URL": closed}),
+        source="http",
+        ack_mode="sink",
+    )
+    await pipeline.start()
+    try:
+        await asyncio.sleep(3.5)  # three or four failed subscriptions, a second apart
+    finally:
+        await pipeline.stop()
+    [warning] = _listener_warnings(caplog)
+    assert "retrying every second" in warning

@@ -438,17 +438,28 @@ class IngestPipeline:
     async def _acked_listener(self) -> None:
         # Closed on every way out (an error, the stop): a subscription left open stays
         # subscribed on the server, which keeps queueing every message for it.
+        failing = False  # warned once; quiet until a subscription works again
         while True:
             try:
                 async with self.redis.pubsub() as pubsub:
                     await pubsub.subscribe(self.stream.acked_channel)
+                    if failing:
+                        log.info("ack mode sink: subscribed to %s again", self.stream.acked_channel)
+                        failing = False
                     async for message in pubsub.listen():
                         if message.get("type") == "message":
                             self._delivered(message["data"])
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.debug("acked listener: %s", exc)
+                if not failing:
+                    log.warning(
+                        "ack mode sink: the subscription to %s failed (%s); retrying every"
+                        " second; until then ack-mode-sink requests wait their full timeout",
+                        self.stream.acked_channel,
+                        exc,
+                    )
+                    failing = True
                 await asyncio.sleep(1.0)
 
     def _delivered(self, data: bytes) -> None:
