@@ -379,9 +379,11 @@ def _generations_in(path: Path, pace: CheckpointPace, seconds: float) -> int:
 def test_the_background_checkpointer_keeps_the_pace_it_is_given(tmp_path: Path) -> None:
     idle_only = CheckpointPace(idle_s=0.5, busy_s=0.05, busy_frames=1 << 30)
     quickened = CheckpointPace(idle_s=0.5, busy_s=0.05, busy_frames=64)
-    # A round every 0.5 s: at most 3 in 1.2 s. Quickened: a round every ~0.05 s.
-    assert _generations_in(tmp_path / "idle.db", idle_only, 1.2) <= 3
-    assert _generations_in(tmp_path / "busy.db", quickened, 1.2) >= 8
+    # A round every 0.5 s: at most 4 in 2 s. Quickened: the first round at 0.5 s,
+    # then one every ~0.05 s, ~30 in all; a loaded CI machine managed 7 in the
+    # 0.7 s after the first round, so at least 10 in these 1.5 s.
+    assert _generations_in(tmp_path / "idle.db", idle_only, 2.0) <= 4
+    assert _generations_in(tmp_path / "busy.db", quickened, 2.0) >= 10
 
 
 # The schema of spool files written before `pending` (user_version 2), as it was.
