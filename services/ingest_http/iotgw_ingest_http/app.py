@@ -11,7 +11,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Final, TypeVar
 
@@ -186,10 +186,10 @@ def _spool_unavailable(pipeline: IngestPipeline, exc: SpoolError, count: int) ->
     )
 
 
-def _count_stored(results: Sequence[AppendResult]) -> None:
-    duplicates = sum([res.duplicate for res in results])
+def _count_stored(stored: int, duplicates: int) -> None:
+    """Count readings the spool took: ``stored`` in all, ``duplicates`` of them repeats."""
     _DUPLICATE.count += duplicates
-    _ACCEPTED.count += len(results) - duplicates
+    _ACCEPTED.count += stored - duplicates
 
 
 async def _commit(
@@ -197,7 +197,7 @@ async def _commit(
 ) -> list[AppendResult] | Response[bytes]:
     results = await _durably(pipeline, pipeline.submit(records), len(records))
     if not isinstance(results, Response):
-        _count_stored(results)
+        _count_stored(len(results), sum([res.duplicate for res in results]))
     return results
 
 
@@ -265,10 +265,7 @@ async def _ingest_in_writer(
             return error(HTTP_500_INTERNAL_SERVER_ERROR, "internal_error", "internal error")
         metrics.EVENTS_REJECTED.labels(SOURCE, outcome.code).inc()
         return error(400, str(outcome.code), outcome.message)
-    if result.duplicate:  # _count_stored's counts, for the one result
-        _DUPLICATE.count += 1
-    else:
-        _ACCEPTED.count += 1
+    _count_stored(1, result.duplicate)
     if pipeline.ack_mode == "sink":
         return await _stored(request, pipeline, result)
     return _enqueued(result)
