@@ -42,8 +42,9 @@ async def cancel_all(
         done, pending = await asyncio.wait(pending, timeout=min(every_s, left))
         ended.extend(done)
     for task in ended:
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("task %s had failed: %r", task.get_name(), task.exception())
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            log.warning("task %s had failed: %r", task.get_name(), error)
     for task in pending:
         name = task.get_name()
         log.error("task %s did not stop within %.1f s of its cancellation", name, timeout_s)
