@@ -11,6 +11,7 @@ from pathlib import Path
 import msgspec
 import pytest
 from iotgw_core.spool import (
+    PAGE_SIZE,
     CheckpointPace,
     NewRecord,
     Spool,
@@ -235,6 +236,29 @@ def test_spool_survives_reopen(tmp_path: Path) -> None:
     second = Spool(tmp_path / "s.db")
     assert second.totals().records == 1
     assert second.append_batch([rec(2, seq=1)])[0][0].duplicate
+
+
+def test_a_new_spool_has_small_pages_and_an_existing_one_keeps_its_own(tmp_path: Path) -> None:
+    new = Spool(tmp_path / "new.db")
+    assert new._conn.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE == 2048
+    new.close()
+    # A spool an earlier version created (SQLite's default, 4 KiB pages), with a record.
+    old = tmp_path / "old.db"
+    first = Spool(old)
+    first.close()
+    conn = sqlite3.connect(old)
+    conn.execute("PRAGMA journal_mode=DELETE")
+    conn.execute("PRAGMA page_size=4096")
+    conn.execute("VACUUM")  # how a file's page size changes: rewritten whole
+    conn.close()
+    first = Spool(old)
+    assert first._conn.execute("PRAGMA page_size").fetchone()[0] == 4096
+    first.append_batch([rec(1, seq=1)])
+    first.close()
+    reopened = Spool(old)  # opening never rewrites a spool in another page size
+    assert reopened._conn.execute("PRAGMA page_size").fetchone()[0] == 4096
+    assert reopened.append_batch([rec(2, seq=1), rec(3, seq=2)])[0][0].duplicate
+    assert reopened.totals().records == 2
 
 
 async def test_group_commit_shares_transactions_and_answers_after_commit(spool: Spool) -> None:

@@ -39,6 +39,11 @@ _INSERT_PREFIX = (
 )
 _INSERT_ROW = "(?,?,?,?,?,0,?,?,?,?,?)"
 
+# The page size of a spool this code creates (an existing spool keeps its own).
+# Every append writes one leaf page of each per-device index for every device in
+# it: with 64 devices a 24-record commit wrote ~61 pages, 11.4 KB of WAL and
+# database a record at 4 KiB pages, 7.3 KB at 2 KiB (docs/spool.md).
+PAGE_SIZE = 2048
 # The background checkpointer starts the WAL over once it is this large; the
 # file is cut back to it when it starts over (journal_size_limit).
 WAL_RESTART_BYTES = 64 << 20
@@ -285,6 +290,8 @@ class Spool:
             str(self.path), isolation_level=None, check_same_thread=False, timeout=30
         )
         self._conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        # Before anything is written: it takes effect only on a file with no page yet.
+        self._conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
         mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise SpoolError(f"{self.path}: could not switch to WAL mode (got {mode})")
