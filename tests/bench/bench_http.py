@@ -6,7 +6,9 @@ one client thread, a Lua script giving every request its own seq). Runs:
 the no-op endpoint and durable ingest with the forwarder stopped (an uplink
 outage: records pile up in the spool), alternating in ``BENCH_HTTP_ROUNDS``
 pairs (3; the ratio is the median of the pairs', since these machines
-change speed from one run to the next); durable ingest while the forwarder
+change speed from one run to the next); a shorter pair in which ingest is
+sent the first round's readings again, all answered as duplicates (what
+the same requests cost when nothing is stored); durable ingest while the forwarder
 drains into the file sink on the same two cores. A last run,
 the durability floor (`POST /bench/commit`: the body stored as it came
 through the same group commit and stream hand-off, without validation,
@@ -93,6 +95,28 @@ def wrk(
     }
 
 
+def _repeats(
+    base: str, work: Path, first_round: float, server: dict[str, int]
+) -> tuple[dict[str, float], dict[str, float]]:
+    """A no-op run, then ingest sent the first round's readings again: each is
+    answered as a duplicate, with nothing stored or handed to the stream. The
+    event loop runs the same code as for a fresh reading, so the gap between
+    this ratio and ingest alone's is what storing costs on these two cores
+    (docs/performance.md, eighth sitting)."""
+    # Half as long: the first round's seqs last unless this runs at twice its rate.
+    duration_s = DURATION_S // 2
+    noop = wrk(base + "/bench/noop", work / "noop.lua", duration_s, server)
+    (work / "repeats.lua").write_text(LUA_INGEST)  # the first round's seqs
+    repeats = wrk(base, work / "repeats.lua", duration_s, server, "ingest, repeats")
+    if repeats["requests"] > first_round:
+        print("  (the repeats ran past the first round's seqs: some readings were new)")
+    print(
+        f"repeats: no-op {noop['rps']:,.0f} req/s, ingest of repeats {repeats['rps']:,.0f}"
+        f" req/s, ratio {repeats['rps'] / noop['rps']:.3f}"
+    )
+    return noop, repeats
+
+
 def _median_run(runs: list[dict[str, float]]) -> dict[str, float]:
     """The run of median requests/s (its latencies with it)."""
     return sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
@@ -142,6 +166,7 @@ def run() -> dict[str, float]:
             noop = _median_run(noops)
             alone = _median_run(alones)
             stored = sum(a["requests"] - a["non_2xx"] for a in alones)
+            repeats_noop, repeats = _repeats(base, work, alones[0]["requests"], server)
             forwarder.start()
             lines = OutboxLines(work / "outbox")  # the polls read only what is new
             wait_until(lambda: lines() >= stored, 300, "backlog")
@@ -182,6 +207,8 @@ def run() -> dict[str, float]:
         "http_ingest_alone_to_noop_ratio_min": round(min(ratios), 3),
         "http_ingest_alone_to_noop_ratio_max": round(max(ratios), 3),
         "http_outbox_catch_up_s": round(drain_s, 2),
+        "http_ingest_repeats_rps": round(repeats["rps"], 1),
+        "http_ingest_repeats_to_noop_ratio": round(repeats["rps"] / repeats_noop["rps"], 3),
         "http_commit_floor_rps": round(floor["rps"], 1),
         "http_commit_floor_p99_ms": floor["p99_ms"],
         "http_commit_floor_to_noop_ratio": round(floor["rps"] / noop["rps"], 3),
