@@ -55,6 +55,12 @@ wrk.headers["Content-Type"] = "application/json"
 LUA_INGEST = LUA.replace("PATH_%s", '"/v1/ingest/dev-" .. (counter % 64)')
 LUA_NOOP = LUA.replace("PATH_%s", '"/bench/noop"')
 LUA_COMMIT = LUA.replace("PATH_%s", '"/bench/commit"')
+ROUND_SEQS = 10**8  # requests a round may send before the next round's seqs begin
+
+
+def _ingest_lua(start: int) -> str:
+    """The ingest script with its request counter (and so every seq) starting at ``start``."""
+    return LUA_INGEST.replace("counter = 0", f"counter = {start}")
 
 
 def _ms(text: str) -> float:
@@ -106,7 +112,7 @@ def _repeats(
     # Half as long: the first round's seqs last unless this runs at twice its rate.
     duration_s = DURATION_S // 2
     noop = wrk(base + "/bench/noop", work / "noop.lua", duration_s, server)
-    (work / "repeats.lua").write_text(LUA_INGEST)  # the first round's seqs
+    (work / "repeats.lua").write_text(_ingest_lua(0))  # the first round's seqs
     repeats = wrk(base, work / "repeats.lua", duration_s, server, "ingest, repeats")
     if repeats["requests"] > first_round:
         print("  (the repeats ran past the first round's seqs: some readings were new)")
@@ -142,7 +148,6 @@ def run() -> dict[str, float]:
         try:
             wait_port(port, proc=ingest.proc)
             base = f"http://127.0.0.1:{port}"
-            (work / "ingest.lua").write_text(LUA_INGEST)
             (work / "noop.lua").write_text(LUA_NOOP)
             wrk(base + "/bench/noop", work / "noop.lua", WARMUP_S)
             server = {**with_children("ingest-http", ingest.pid), "redis": redis.managed.pid}
@@ -153,9 +158,7 @@ def run() -> dict[str, float]:
                 noops.append(wrk(base + "/bench/noop", work / "noop.lua", DURATION_S, server))
                 # The uplink down: records only pile up in the spool (the forwarder is off).
                 # Each round's devices count on from where the last one stopped.
-                (work / "ingest.lua").write_text(
-                    LUA_INGEST.replace("counter = 0", f"counter = {n * 10**8}")
-                )
+                (work / "ingest.lua").write_text(_ingest_lua(n * ROUND_SEQS))
                 alones.append(wrk(base, work / "ingest.lua", DURATION_S, server))
                 print(
                     f"round {n + 1}: no-op {noops[-1]['rps']:,.0f} req/s, ingest alone"
@@ -171,7 +174,7 @@ def run() -> dict[str, float]:
             lines = OutboxLines(work / "outbox")  # the polls read only what is new
             wait_until(lambda: lines() >= stored, 300, "backlog")
             # The uplink up: the forwarder drains into the file sink while ingest runs.
-            (work / "ingest.lua").write_text(LUA_INGEST.replace("counter = 0", "counter = 1e9"))
+            (work / "ingest.lua").write_text(_ingest_lua(ROUNDS * ROUND_SEQS))
             durable = wrk(
                 base,
                 work / "ingest.lua",
