@@ -18,6 +18,7 @@ import msgspec
 from msgspec import Meta
 
 PREFIX = "IOTGW_"
+_CPU_LIST = r"^([0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*)?$"  # CPU numbers and ranges
 T = TypeVar("T", bound=msgspec.Struct)
 
 
@@ -77,6 +78,27 @@ def markdown_table(cls: type[msgspec.Struct]) -> str:
     for name, default, description in describe(cls):
         lines.append(f"| `{name}` | `{default}` | {description} |")
     return "\n".join(lines)
+
+
+# A service's CPU placement (iotgw_core.process.pin_cpus), one pair of settings per
+# service so that one environment can place each service differently.
+LoopCpus = Annotated[
+    str,
+    Meta(
+        pattern=_CPU_LIST,
+        description="CPUs this service's event loop thread runs on, as `taskset -c` writes"
+        " them (`0`, `2-3`); empty: wherever the kernel puts it. Its helper threads and"
+        " spool writer process run on the worker CPUs instead (docs/performance.md).",
+    ),
+]
+WorkerCpus = Annotated[
+    str,
+    Meta(
+        pattern=_CPU_LIST,
+        description="CPUs of this service's helper threads and spool writer process;"
+        " empty: every CPU the service may use (the loop's too).",
+    ),
+]
 
 
 def _hostname() -> str:

@@ -29,6 +29,8 @@ from typing import Any, Literal, Protocol
 
 import msgspec
 
+from .process import to_worker_cpus
+
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 3
 _CHUNK = 500  # bound on SQL parameters per statement
@@ -434,6 +436,7 @@ class Spool:
         pace = pace or CheckpointPace()
 
         def run() -> None:
+            to_worker_cpus()  # off a pinned event loop's CPUs (IOTGW_*_LOOP_CPUS)
             conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=30)
             try:
                 wait_s = pace.idle_s
@@ -960,6 +963,7 @@ class SpoolWriter:
 
     def _run(self) -> None:
         assert self._loop is not None and self._appends is not None
+        to_worker_cpus()
         loop, appends = self._loop, self._appends
         stopping = False
         while not stopping:

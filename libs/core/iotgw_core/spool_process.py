@@ -64,6 +64,7 @@ from redis.exceptions import RedisError
 
 from .envelope import GatewayInfo, RecordClass, Source, encode_envelope, envelope_of
 from .ids import uuid7_str
+from .process import to_worker_cpus
 from .spool import AppendResult, CommitHook, NewRecord, Spool, SpoolError, Totals
 from .stream import StreamEntry, add_many_blocking, connect_blocking
 from .validation import ValidationFailure, parse_reading, timestamp_ms
@@ -583,6 +584,9 @@ def child_main(argv: Sequence[str]) -> int:
     # parent decides when this ends, by closing its end (also when it dies).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Started by a pinned event loop's thread, it has the loop's CPUs: it takes the
+    # service's worker CPUs, and so does its stream hand-off thread (IOTGW_*_LOOP_CPUS).
+    to_worker_cpus()
     sync: Literal["FULL", "NORMAL"] = "NORMAL" if synchronous == "NORMAL" else "FULL"
     sealer = _Sealer(gateway_id, "mqtt" if source == "mqtt" else "http")
     target = os.environ.get(_HANDOFF_ENV)

@@ -9,7 +9,7 @@ import sys
 
 from iotgw_core import telemetry
 from iotgw_core.logs import setup_logging
-from iotgw_core.process import tune_gc
+from iotgw_core.process import place_helpers, tune_process
 from iotgw_core.settings import SettingsError, load_settings
 from iotgw_core.sink import FileSink, Sink
 from prometheus_client import start_http_server
@@ -91,8 +91,9 @@ async def serve(settings: ForwarderSettings) -> None:
     except ValueError as exc:
         log.error("sink %s: %s", settings.sink, exc)
         raise SystemExit(2) from None
-    forwarder = Forwarder(settings, sink)
     loop = asyncio.get_running_loop()
+    place_helpers(loop)  # IOTGW_*_LOOP_CPUS
+    forwarder = Forwarder(settings, sink)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, forwarder.stop)
     log.info(
@@ -118,7 +119,7 @@ def main() -> int:
     # Every record read allocates a few container objects: with the default
     # thresholds the collector ran about every 200 records, and its full passes
     # walked every record held in memory (up to max_pending_records).
-    tune_gc()
+    tune_process(settings.forwarder_loop_cpus, settings.forwarder_worker_cpus)
     try:
         import uvloop  # as the ingests: cheaper socket I/O and callbacks than asyncio's loop
 

@@ -6,7 +6,7 @@ import socket
 from typing import Annotated, Literal
 
 import msgspec
-from iotgw_core.settings import CommonSettings
+from iotgw_core.settings import CommonSettings, LoopCpus, WorkerCpus
 from msgspec import Meta
 
 
@@ -208,3 +208,5 @@ class ForwarderSettings(CommonSettings, kw_only=True, frozen=True):
     pause_poll_s: Annotated[
         float, Meta(gt=0, description="How often the admin pause flag (Redis) is read.")
     ] = 1.0
+    forwarder_loop_cpus: LoopCpus = ""
+    forwarder_worker_cpus: WorkerCpus = ""

@@ -9,7 +9,7 @@ import sys
 
 import uvicorn
 from iotgw_core.logs import setup_logging
-from iotgw_core.process import tune_gc
+from iotgw_core.process import tune_process
 from iotgw_core.settings import SettingsError, load_settings
 
 from .app import create_app
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(settings.log_level, "ingest-http")
     app = create_app(settings)
-    tune_gc()
+    tune_process(settings.http_loop_cpus, settings.http_worker_cpus)
     pipeline = app.state.pipeline
 
     class Server(uvicorn.Server):

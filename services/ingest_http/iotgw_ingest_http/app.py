@@ -7,6 +7,7 @@ are ``{"code", "message"}`` with the status the contract names
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import re
@@ -20,6 +21,7 @@ from iotgw_core import metrics, telemetry
 from iotgw_core.auth import AuthError, HttpGuard, RateLimited
 from iotgw_core.ids import uuid7_str
 from iotgw_core.ingest import IngestPipeline, Refused
+from iotgw_core.process import place_helpers
 from iotgw_core.spool import AppendResult, NewRecord, SpoolError
 from iotgw_core.validation import (
     ValidationFailure,
@@ -508,6 +510,7 @@ def create_app(settings: IngestHttpSettings, pipeline: IngestPipeline | None = N
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        place_helpers(asyncio.get_running_loop())  # IOTGW_*_LOOP_CPUS
         await pipe.start()
         if not guard.enforcing:
             log.warning(

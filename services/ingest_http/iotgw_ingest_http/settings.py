@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from iotgw_core.settings import CommonSettings
+from iotgw_core.settings import CommonSettings, LoopCpus, WorkerCpus
 from msgspec import Meta
 
 
@@ -63,3 +63,5 @@ class IngestHttpSettings(CommonSettings, kw_only=True, frozen=True):
         float,
         Meta(gt=0, description="Largest clock difference accepted in X-IoTGW-Timestamp (s)."),
     ] = 300.0
+    http_loop_cpus: LoopCpus = ""
+    http_worker_cpus: WorkerCpus = ""

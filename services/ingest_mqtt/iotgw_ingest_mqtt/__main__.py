@@ -15,7 +15,7 @@ import sys
 from iotgw_core import telemetry
 from iotgw_core.ingest import IngestPipeline
 from iotgw_core.logs import setup_logging
-from iotgw_core.process import tune_gc
+from iotgw_core.process import place_helpers, tune_process
 from iotgw_core.quarantine import Quarantine
 from iotgw_core.registry import RegistryWatcher
 from iotgw_core.settings import SettingsError, load_settings
@@ -53,6 +53,7 @@ def build_bridge(settings: IngestMqttSettings, pipeline: IngestPipeline) -> Brid
 
 async def serve(settings: IngestMqttSettings) -> None:
     """Run until SIGTERM/SIGINT, then drain."""
+    place_helpers(asyncio.get_running_loop())  # IOTGW_*_LOOP_CPUS
     pipeline = IngestPipeline(settings, source=SOURCE, commit_max_batch=settings.commit_max_batch)
     await pipeline.start()
     bridge = build_bridge(settings, pipeline)
@@ -87,7 +88,7 @@ def main() -> int:
     telemetry.setup("ingest-mqtt")  # traces only when IOTGW_OTLP_ENDPOINT is set
     if settings.mqtt_metrics_port:
         start_http_server(settings.mqtt_metrics_port, addr=settings.mqtt_metrics_host)
-    tune_gc()
+    tune_process(settings.mqtt_loop_cpus, settings.mqtt_worker_cpus)
     try:
         import uvloop
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from iotgw_core.settings import CommonSettings
+from iotgw_core.settings import CommonSettings, LoopCpus, WorkerCpus
 from msgspec import Meta
 
 
@@ -93,6 +93,8 @@ class IngestMqttSettings(CommonSettings, kw_only=True, frozen=True):
     quarantine_path: Annotated[
         str, Meta(description="SQLite file of the quarantine (shared with the CLI).")
     ] = "var/quarantine/quarantine.db"
+    mqtt_loop_cpus: LoopCpus = ""
+    mqtt_worker_cpus: WorkerCpus = ""
 
     @property
     def client_id(self) -> str:
