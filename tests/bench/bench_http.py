@@ -35,6 +35,23 @@ from tests.support.stack import wait_until
 
 CONNECTIONS = 64
 DURATION_S = 15
+
+
+def _placement() -> tuple[str, str] | None:
+    """With BENCH_HTTP_PIN=1 (and two CPUs or more): the HTTP event loop's CPU and
+    the CPUs of everything else, as the service's IOTGW_HTTP_LOOP_CPUS and
+    IOTGW_HTTP_WORKER_CPUS take them. The loop alone on one CPU, and its spool
+    writer process, redis-server, the forwarder and wrk on the others, for the
+    no-op and ingest alike. None by default: the figures are those of the
+    service's default placement (the kernel's; docs/performance.md, tenth
+    sitting)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if os.environ.get("BENCH_HTTP_PIN", "0") != "1" or len(cpus) < 2:
+        return None
+    return str(cpus[0]), ",".join(str(cpu) for cpu in cpus[1:])
+
+
+PLACEMENT = _placement()
 ROUNDS = int(os.environ.get("BENCH_HTTP_ROUNDS", "3"))  # no-op / ingest-alone pairs
 WARMUP_S = 3
 
@@ -81,7 +98,11 @@ def wrk(
     """
     clock = Clock(processes).start()
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{duration_s}s", "--latency", "-s", str(script), url],
+        [
+            *(["taskset", "-c", PLACEMENT[1]] if PLACEMENT else []),
+            *("wrk", "-t1", f"-c{CONNECTIONS}", f"-d{duration_s}s", "--latency"),
+            *("-s", str(script), url),
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -143,8 +164,16 @@ def run() -> dict[str, float]:
             IOTGW_HTTP_BENCH_ENDPOINTS="true",
             IOTGW_AUTH_MODE="none",  # the figures so far were taken without device auth
         )
+        if PLACEMENT is not None:
+            loop_cpu, others = PLACEMENT
+            for task in os.listdir(f"/proc/{redis.managed.pid}/task"):
+                os.sched_setaffinity(int(task), {int(cpu) for cpu in others.split(",")})
+            env.update(IOTGW_HTTP_LOOP_CPUS=loop_cpu, IOTGW_HTTP_WORKER_CPUS=others)
+            print(f"placement: HTTP event loop on CPU {loop_cpu}, all else on CPU {others}")
         ingest = python_service("iotgw_ingest_http", "ingest-http", work, env).start()
-        forwarder = python_service("iotgw_forwarder", "forwarder", work, env)
+        # The forwarder's own event loop stays off the HTTP loop's CPU.
+        fwd_env = {**env, "IOTGW_FORWARDER_LOOP_CPUS": PLACEMENT[1]} if PLACEMENT else env
+        forwarder = python_service("iotgw_forwarder", "forwarder", work, fwd_env)
         try:
             wait_port(port, proc=ingest.proc)
             base = f"http://127.0.0.1:{port}"
@@ -215,6 +244,7 @@ def run() -> dict[str, float]:
         "http_commit_floor_rps": round(floor["rps"], 1),
         "http_commit_floor_p99_ms": floor["p99_ms"],
         "http_commit_floor_to_noop_ratio": round(floor["rps"] / noop["rps"], 3),
+        "http_placement_pinned": float(PLACEMENT is not None),
         "http_noop_machine_cpu_us_per_req": round(noop["cpu_us"], 1),
         "http_ingest_alone_machine_cpu_us_per_req": round(alone["cpu_us"], 1),
         "http_commit_floor_machine_cpu_us_per_req": round(floor["cpu_us"], 1),
