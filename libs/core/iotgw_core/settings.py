@@ -87,16 +87,17 @@ LoopCpus = Annotated[
     Meta(
         pattern=_CPU_LIST,
         description="CPUs this service's event loop thread runs on, as `taskset -c` writes"
-        " them (`0`, `2-3`); empty: wherever the kernel puts it. Its helper threads and"
-        " spool writer process run on the worker CPUs instead (docs/performance.md).",
+        " them (`0`, `2-3`); empty: wherever the kernel puts it. Its helper threads (and"
+        " an ingest's spool writer process) run on the worker CPUs instead"
+        " (docs/deploy-pi.md).",
     ),
 ]
 WorkerCpus = Annotated[
     str,
     Meta(
         pattern=_CPU_LIST,
-        description="CPUs of this service's helper threads and spool writer process;"
-        " empty: every CPU the service may use (the loop's too).",
+        description="CPUs of this service's helper threads (and an ingest's spool writer"
+        " process); empty: every CPU the service may use (the loop's too).",
     ),
 ]
 
