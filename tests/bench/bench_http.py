@@ -35,6 +35,8 @@ from tests.support.stack import wait_until
 
 CONNECTIONS = 64
 DURATION_S = 15
+ROUNDS = int(os.environ.get("BENCH_HTTP_ROUNDS", "3"))  # no-op / ingest-alone pairs
+WARMUP_S = 3
 
 
 def _placement() -> tuple[str, str] | None:
@@ -52,8 +54,6 @@ def _placement() -> tuple[str, str] | None:
 
 
 PLACEMENT = _placement()
-ROUNDS = int(os.environ.get("BENCH_HTTP_ROUNDS", "3"))  # no-op / ingest-alone pairs
-WARMUP_S = 3
 
 # Every endpoint gets the same client work (a fresh body with its own seq per
 # request), so the client's CPU on this 2-core machine weighs on all alike.
