@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -15,7 +16,7 @@ import pytest
 from iotgw_core.process import parse_cpus
 
 from tests.support.procs import REPO, Managed, free_port, python_service, wait_port
-from tests.support.stack import wait_until
+from tests.support.stack import Stack, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -125,6 +126,39 @@ def test_ingest_runs_its_loop_alone_and_its_writer_elsewhere(
             assert _allowed(writer, tid) == set(CPUS[1:]), name
     finally:
         ingest.stop()
+
+
+@needs_two_cpus
+def test_a_placed_writer_killed_loses_nothing_and_its_successor_is_placed_too(
+    gateway_env: dict[str, str], tmp_path: Path
+) -> None:
+    workers = set(CPUS[1:])
+    env = {
+        **gateway_env,
+        "IOTGW_HTTP_LOOP_CPUS": str(CPUS[0]),
+        "IOTGW_HTTP_WORKER_CPUS": ",".join(str(c) for c in CPUS[1:]),
+    }
+    stack = Stack(env, tmp_path).start()
+    try:
+        with stack.client() as http:
+
+            def post(seq: int) -> int:
+                reading = {"seq": seq, "metrics": {"v": float(seq)}}
+                return http.post("/v1/ingest/dev-kill", json=reading).status_code
+
+            assert [post(seq) for seq in range(1, 51)] == [202] * 50
+            (first,) = _children(stack.ingest.pid)
+            os.kill(first, signal.SIGKILL)
+            # 503 while the writer is gone, then a new one takes the next reading.
+            wait_until(lambda: post(51) == 202, 20, "a new spool writer")
+        (second,) = _children(stack.ingest.pid)
+        assert second != first
+        for tid, name in _tasks(second).items():
+            assert _allowed(second, tid) == workers, name
+        records = stack.wait_outbox(51)
+        assert sorted(r["seq"] for r in records) == list(range(1, 52))  # none lost, none twice
+    finally:
+        stack.stop()
 
 
 @needs_two_cpus
