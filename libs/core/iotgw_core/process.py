@@ -97,11 +97,16 @@ def _start_libuv_pool() -> None:
         loop.close()
 
 
+def _worker_cpus() -> frozenset[int]:
+    """The worker CPUs :func:`pin_cpus` set (here or in a parent process); empty if none."""
+    return parse_cpus(os.environ.get(WORKER_CPUS_ENV, ""))
+
+
 def place_helpers(loop: asyncio.AbstractEventLoop) -> None:
     """On a service's event loop, as it starts: the threads of its default executor
     (``asyncio.to_thread``) start on the worker CPUs, and threads started so far
     leave the loop's CPUs. Nothing unless :func:`pin_cpus` set worker CPUs."""
-    if not os.environ.get(WORKER_CPUS_ENV):
+    if not _worker_cpus():
         return
     loop.set_default_executor(ThreadPoolExecutor(initializer=to_worker_cpus))
     settle_helpers()
@@ -110,10 +115,9 @@ def place_helpers(loop: asyncio.AbstractEventLoop) -> None:
 def settle_helpers() -> None:
     """Move every thread of this process but the calling one to the worker CPUs
     :func:`pin_cpus` set, if it set any (a thread begins on its creator's CPUs)."""
-    cpus = os.environ.get(WORKER_CPUS_ENV)
-    if not cpus:
+    workers = _worker_cpus()
+    if not workers:
         return
-    workers = parse_cpus(cpus)
     me = threading.get_native_id()
     for task in os.listdir("/proc/self/task"):
         if int(task) != me:
@@ -124,9 +128,9 @@ def settle_helpers() -> None:
 def to_worker_cpus() -> None:
     """Move the calling thread (or process) to the worker CPUs :func:`pin_cpus` set,
     if it set any: for helper threads, and for the spool writer process at start."""
-    cpus = os.environ.get(WORKER_CPUS_ENV)
-    if cpus:
-        os.sched_setaffinity(0, parse_cpus(cpus))
+    workers = _worker_cpus()
+    if workers:
+        os.sched_setaffinity(0, workers)
 
 
 def tune_process(loop_cpus: str = "", worker_cpus: str = "") -> None:
