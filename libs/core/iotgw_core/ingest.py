@@ -26,7 +26,7 @@ from .envelope import GatewayInfo, RecordClass, Source, encode_envelope, envelop
 from .ids import uuid7_str
 from .settings import CommonSettings
 from .spool import AppendResult, Committed, NewRecord, Spool, SpoolWriter, State, Totals
-from .spool_process import Answer, HandoffTarget, ProcessSpoolWriter, RawReading
+from .spool_process import Answer, Counts, HandoffTarget, ProcessSpoolWriter, RawReading
 from .stream import RecordStream, StreamEntry, connect
 from .tasks import cancel_all
 from .validation import Reading, utc_now
@@ -116,6 +116,7 @@ class IngestPipeline:
                 gateway_id=settings.gateway_id,
                 source=source,
                 on_handoff_failure=self._handoff_failed,
+                on_counts=self._counted,
             )
         else:
             self.writer = SpoolWriter(
@@ -310,26 +311,27 @@ class IngestPipeline:
             )
         return results
 
-    async def submit_readings(self, readings: Sequence[RawReading]) -> list[Answer]:
+    def submit_readings(self, readings: Sequence[RawReading]) -> asyncio.Future[list[Answer]]:
         """Validate, seal and append raw readings in the writer process (only while
-        ``seals_in_writer``); returns once the valid ones are committed (durable),
-        with what became of each reading."""
+        ``seals_in_writer``); the future is done once the valid ones are committed
+        (durable), with what became of each reading. The writer process counts them
+        for the device metrics and the commit latency (:meth:`_counted`).
+
+        A future, not a coroutine: every coroutine between the HTTP handler and the
+        commit costs its creation and a resumption per request. Raises SpoolError
+        at once if the writer cannot take them.
+        """
         assert isinstance(self.writer, ProcessSpoolWriter)
-        started = time.perf_counter()
-        answers = await self.writer.append_readings(readings)
-        _observe_commit(started, None)
-        now = time.time()
-        for raw, (outcome, res) in zip(readings, answers, strict=True):
-            if res is not None:
-                metrics.DEVICES.observe(
-                    raw.tenant,
-                    raw.device_id,
-                    outcome.seq,
-                    duplicate=res.duplicate,
-                    reconnects=outcome.reconnects,
-                    now=now,
-                )
-        return answers
+        return self.writer.append_readings(readings)
+
+    @staticmethod
+    def _counted(counts: Counts) -> None:
+        # What the writer process counted of the readings it sealed (on the event loop).
+        metrics.DEVICES.merge(counts.devices)
+        if counts.commit_hits:
+            metrics.add_bucket_counts(
+                metrics.SPOOL_COMMIT_SECONDS, counts.commit_hits, counts.commit_sum
+            )
 
     def _on_commit(
         self, records: Sequence[Committed], results: Sequence[AppendResult], totals: Totals

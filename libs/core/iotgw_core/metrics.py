@@ -21,6 +21,8 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from .counts import LATENCY_BUCKETS, Baselines, DeviceDelta
+
 
 class _FlushOnCollect(Collector):
     """Adds the pending plain counts to their metrics; collected before any of them.
@@ -109,8 +111,6 @@ class Observations:
 
         observe_many(self.histogram, drain())
 
-
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 EVENTS_RECEIVED = Counter(
     "gateway_events_received",
@@ -284,9 +284,15 @@ def observe_many(histogram: Histogram, amounts: Iterable[float]) -> None:
             continue
         index = find(bounds, amount)  # the first bound >= amount: observe's bucket
         hits[index] = hits.get(index, 0) + 1
-    if not observed:
-        return
-    total.inc(added)
+    if observed:
+        add_bucket_counts(histogram, hits, added)
+
+
+def add_bucket_counts(histogram: Histogram, hits: dict[int, int], added: float) -> None:
+    """Add observations counted per bucket (``hits``: bucket index -> how many, by the
+    histogram's upper bounds) and their sum ``added`` to a plain (child) histogram."""
+    buckets = histogram._buckets
+    histogram._sum.inc(added)
     for index, count in hits.items():
         buckets[index].inc(count)
 
@@ -322,7 +328,9 @@ class DeviceMetrics:
 
     Records, duplicates and last-seen time are plain numbers per device, added
     to their series when the registry is collected; sequence gaps and
-    reconnects (rare) go to their counters at once.
+    reconnects (rare) go to their counters at once. Readings are counted one
+    at a time (:meth:`observe`) or, as a spool writer process counted them, in
+    per-device deltas (:meth:`merge`).
     """
 
     def __init__(self, max_devices: int = 1000) -> None:
@@ -330,8 +338,7 @@ class DeviceMetrics:
         self._devices: dict[tuple[str, str], _Device] = {}
         self._others: dict[str, _Device] = {}  # per tenant: devices over the limit
         self._overflow = Tally(DEVICE_LABEL_OVERFLOW)
-        self._last_seq: dict[tuple[str, str], int] = {}
-        self._reconnects: dict[tuple[str, str], float] = {}
+        self._baselines = Baselines()  # of tracked devices only: bounded by max_devices
         _FLUSH.hooks.append(self.flush)
 
     def flush(self) -> None:
@@ -339,6 +346,22 @@ class DeviceMetrics:
         # list() copies in one step under the GIL: the loop may add devices meanwhile.
         for device in [*self._devices.values(), *self._others.values()]:
             device.flush()
+
+    def _device(self, key: tuple[str, str], readings: int) -> tuple[_Device, bool]:
+        """The counts of a device, and whether it has series of its own: the first
+        ``max_devices`` do; the ``readings`` of any later one count under "_other"."""
+        device = self._devices.get(key)
+        if device is not None:
+            return device, True
+        if len(self._devices) < self.max_devices:
+            device = self._devices[key] = _Device(*key)
+            return device, True
+        self._overflow.count += readings
+        tenant = key[0]
+        device = self._others.get(tenant)
+        if device is None:
+            device = self._others[tenant] = _Device(tenant, OTHER_DEVICES)
+        return device, False
 
     def observe(
         self,
@@ -352,17 +375,7 @@ class DeviceMetrics:
     ) -> None:
         """Count one committed reading of a device (after its spool commit) at ``now``."""
         key = (tenant, device_id)
-        device = self._devices.get(key)
-        tracked = True
-        if device is None:
-            if len(self._devices) < self.max_devices:
-                device = self._devices[key] = _Device(tenant, device_id)
-            else:
-                self._overflow.count += 1
-                tracked = False
-                device = self._others.get(tenant)
-                if device is None:
-                    device = self._others[tenant] = _Device(tenant, OTHER_DEVICES)
+        device, tracked = self._device(key, 1)
         if duplicate:
             device.duplicates += 1
             return
@@ -371,19 +384,32 @@ class DeviceMetrics:
         if not tracked:
             return
         if seq is not None:
-            last = self._last_seq.get(key)
-            if last is not None and seq > last + 1:
-                DEVICE_SEQ_GAPS.labels(tenant, device_id).inc(seq - last - 1)
-            # A smaller seq is a late reading or a device restart: no gap, new baseline.
-            if last is None or seq > last or seq < last - 1000:
-                self._last_seq[key] = seq
+            gap = self._baselines.gap(key, seq)
+            if gap:
+                DEVICE_SEQ_GAPS.labels(tenant, device_id).inc(gap)
         if reconnects is not None:
-            before = self._reconnects.get(key)
-            if before is not None and reconnects > before:
-                DEVICE_RECONNECTS.labels(tenant, device_id).inc(reconnects - before)
-            elif before is not None and reconnects < before:
-                DEVICE_RECONNECTS.labels(tenant, device_id).inc(reconnects)  # counter reset
-            self._reconnects[key] = reconnects
+            new = self._baselines.reconnected(key, reconnects)
+            if new:
+                DEVICE_RECONNECTS.labels(tenant, device_id).inc(new)
+
+    def merge(self, deltas: Iterable[DeviceDelta]) -> None:
+        """Count readings counted elsewhere (a spool writer process's DeviceCounts): the
+        same series as :meth:`observe` of each reading would give."""
+        for delta in deltas:
+            device, tracked = self._device(
+                (delta.tenant, delta.device_id), delta.records + delta.duplicates
+            )
+            device.duplicates += delta.duplicates
+            if not delta.records:
+                continue
+            device.records += delta.records
+            device.seen = max(device.seen, delta.seen)
+            if not tracked:
+                continue
+            if delta.gaps:
+                DEVICE_SEQ_GAPS.labels(delta.tenant, delta.device_id).inc(delta.gaps)
+            if delta.reconnects:
+                DEVICE_RECONNECTS.labels(delta.tenant, delta.device_id).inc(delta.reconnects)
 
 
 DEVICES = DeviceMetrics()

@@ -29,6 +29,9 @@ msgpack body:
   covered, the results of the records it stored in order, what became of
   each raw reading (stored, or the rule it broke), and the spool totals after
   it; or the error that rolled it back (those appends fail with SpoolError).
+  At most every COUNTS_INTERVAL_S a reply also carries what the child counted
+  of the readings it sealed (per device, commit latencies: :class:`Counts`);
+  once idle that long, the child sends them in a reply that covers no frame.
 
 The child commits every request frame it has (up to ``max_batch`` records)
 in one transaction, as the thread does. It exits when the parent closes its
@@ -47,6 +50,7 @@ import json
 import logging
 import os
 import queue
+import select
 import signal
 import socket
 import struct
@@ -62,6 +66,7 @@ from typing import Any, Literal
 import msgspec
 from redis.exceptions import RedisError
 
+from .counts import BucketCounts, DeviceCounts, DeviceDelta
 from .envelope import GatewayInfo, RecordClass, Source, encode_envelope, envelope_of
 from .ids import uuid7_str
 from .process import to_worker_cpus
@@ -75,6 +80,9 @@ _HEADER = struct.Struct(">I")
 _RESTART_MIN_INTERVAL_S = 0.5
 _HANDOFF_ENV = "IOTGW_WRITER_HANDOFF"  # the child's hand-off target (its URL may hold a password)
 _HANDOFF_MAX_ENTRIES = 5000  # records a hand-off gathers into one XADD pipeline at most
+# How often the child reports what it counted of the readings it sealed (per-device
+# counts, commit latencies): with a reply, or on its own once idle.
+COUNTS_INTERVAL_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -100,13 +108,11 @@ class RawReading(msgspec.Struct, array_like=True, frozen=True, gc=False):
 
 
 class ReadingOutcome(msgspec.Struct, array_like=True, frozen=True, gc=False):
-    """What became of a RawReading: the rule it broke (``code`` and ``message``), or,
-    once stored, its ``seq`` and the ``reconnects`` it reported (device metrics)."""
+    """What became of a RawReading: the rule it broke (``code`` and ``message``), or
+    None and "" for one that was stored."""
 
     code: str | None = None
     message: str = ""
-    seq: int | None = None
-    reconnects: float | None = None
 
 
 Answer = tuple[ReadingOutcome, AppendResult | None]  # result None: not stored
@@ -118,6 +124,17 @@ class _Records(msgspec.Struct, array_like=True, tag=0):
 
 class _Readings(msgspec.Struct, array_like=True, tag=1):
     readings: Sequence[RawReading]
+    sent: float  # time.monotonic() of the parent when it sent them (the same clock here)
+
+
+class Counts(msgspec.Struct, array_like=True):
+    """What the child counted of the readings it sealed since its last report: per
+    device (DeviceMetrics.merge) and the commit latency of each request frame of
+    readings, from the parent's send to the commit, per bucket (LATENCY_BUCKETS)."""
+
+    devices: list[DeviceDelta]
+    commit_hits: dict[int, int]
+    commit_sum: float
 
 
 class _Reply(msgspec.Struct, array_like=True):
@@ -130,6 +147,7 @@ class _Reply(msgspec.Struct, array_like=True):
     # Hand-offs that failed since the last reply: how many records, the last error.
     handoff_failed: int = 0
     handoff_error: str | None = None
+    counts: Counts | None = None  # at most every COUNTS_INTERVAL_S
 
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -167,6 +185,7 @@ class ProcessSpoolWriter:
         gateway_id: str = "gateway",
         source: Source = "http",
         on_handoff_failure: Callable[[int, str], None] | None = None,
+        on_counts: Callable[[Counts], None] | None = None,
     ):
         self.spool = spool
         self.max_batch = max_batch
@@ -174,6 +193,7 @@ class ProcessSpoolWriter:
         # Set before start(): the child then hands every commit's records to the stream.
         self.handoff: HandoffTarget | None = None
         self.on_handoff_failure = on_handoff_failure
+        self.on_counts = on_counts  # on the event loop, for what the child counted
         # What the envelopes of append_readings carry.
         self.gateway_id = gateway_id
         self.source: Source = source
@@ -257,7 +277,9 @@ class ProcessSpoolWriter:
         between the handler and the wait is created, and resumed once the commit
         is in, per request. Raises SpoolError at once if the writer cannot take them.
         """
-        future: asyncio.Future[list[Answer]] = self._send(readings, True, _Readings(readings))
+        future: asyncio.Future[list[Answer]] = self._send(
+            readings, True, _Readings(readings, time.monotonic())
+        )
         return future
 
     def _send(
@@ -369,6 +391,8 @@ class ProcessSpoolWriter:
                 future.set_result(answer_)
         if self._out and not self._writing:
             self._flush()  # the child is between transactions: what gathered goes now
+        if reply.counts is not None and self.on_counts is not None:
+            self.on_counts(reply.counts)  # after the answers: nobody waits for these
         if not self._pending and self._drained is not None:
             self._drained.set()
 
@@ -431,10 +455,10 @@ class ProcessSpoolWriter:
 
 
 def _read_frames(
-    sock: socket.socket, buf: bytearray, max_records: int
+    sock: socket.socket, buf: bytearray, max_records: int, wait_s: float | None = None
 ) -> list[_Records | _Readings] | None:
-    """The request frames available (waiting for the first), up to ``max_records``
-    records and readings.
+    """The request frames available (waiting for the first, at most ``wait_s`` if
+    given: none is an empty list), up to ``max_records`` records and readings.
 
     None once the parent has closed its end and nothing is left.
     """
@@ -455,11 +479,20 @@ def _read_frames(
             if not data:
                 break
         else:
+            if wait_s is not None and not select.select([sock], [], [], wait_s)[0]:
+                return frames  # none came in time
             data = sock.recv(1 << 20)
             if not data:
                 return None
         buf += data
     return frames
+
+
+_STORED = ReadingOutcome()
+# Per request frame of readings: when the parent sent it, and for each of its
+# readings that is to be stored, its record's index in the transaction and the
+# reconnects it reported.
+_Sealed = list[tuple[float, list[tuple[int, float | None]]]]
 
 
 class _Sealer:
@@ -469,11 +502,13 @@ class _Sealer:
         self.gateway = GatewayInfo(id=gateway_id)
         self.source: Source = source
 
-    def seal(self, raw: RawReading) -> tuple[ReadingOutcome, NewRecord | None]:
+    def seal(self, raw: RawReading) -> tuple[ReadingOutcome, NewRecord | None, float | None]:
+        """The reading's outcome, its record (None: it broke a rule) and the reconnects
+        it reported."""
         try:
             reading = parse_reading(raw.body)
         except ValidationFailure as exc:
-            return ReadingOutcome(exc.code, exc.message), None
+            return ReadingOutcome(exc.code, exc.message), None, None
         record_id = uuid7_str()
         env = envelope_of(
             reading,
@@ -490,28 +525,79 @@ class _Sealer:
         record = NewRecord(
             record_id, raw.tenant, raw.device_id, reading.seq, encode_envelope(env), raw.traceparent
         )
-        return ReadingOutcome(seq=reading.seq, reconnects=reading.metrics.get("reconnects")), record
+        return _STORED, record, reading.metrics.get("reconnects")
 
     def records_of(
         self, frames: Sequence[_Records | _Readings]
-    ) -> tuple[list[NewRecord], list[ReadingOutcome]]:
-        """The records to store, in frame order, and the outcome of every raw reading."""
+    ) -> tuple[list[NewRecord], list[ReadingOutcome], _Sealed]:
+        """The records to store, in frame order; the outcome of every raw reading; and
+        what the sealed ones are counted by (_Counter.committed)."""
         records: list[NewRecord] = []
         outcomes: list[ReadingOutcome] = []
+        sealed: _Sealed = []
         for frame in frames:
             if isinstance(frame, _Records):
                 records.extend(frame.records)
                 continue
+            stored: list[tuple[int, float | None]] = []
             for raw in frame.readings:
                 try:
-                    outcome, record = self.seal(raw)
+                    outcome, record, reconnects = self.seal(raw)
                 except Exception as exc:  # a bug, not the reading's fault: a 500, not a crash
                     print(f"spool writer: sealing a reading failed: {exc!r}", file=sys.stderr)
                     outcome, record = ReadingOutcome("internal_error", "internal error"), None
                 outcomes.append(outcome)
                 if record is not None:
+                    stored.append((len(records), reconnects))
                     records.append(record)
-        return records, outcomes
+            sealed.append((frame.sent, stored))
+        return records, outcomes, sealed
+
+
+class _Counter:
+    """What the child counts of the readings it seals, for its service's metrics: per
+    device (records, repeats, last seen, seq gaps, reconnects) and the commit
+    latency of each request frame. Reported at most every COUNTS_INTERVAL_S, so
+    that the event loop takes them in bulk instead of per request."""
+
+    def __init__(self) -> None:
+        self.devices = DeviceCounts()
+        self.commit = BucketCounts()
+        self.reported = time.monotonic()
+
+    def committed(
+        self, sealed: _Sealed, records: Sequence[NewRecord], results: Sequence[AppendResult]
+    ) -> None:
+        """Count the sealed readings of a committed transaction."""
+        done, now = time.monotonic(), time.time()
+        for sent, stored in sealed:
+            if not stored:
+                continue
+            self.commit.add(max(0.0, done - sent))
+            for index, reconnects in stored:
+                record = records[index]
+                self.devices.observe(
+                    record.tenant,
+                    record.device_id,
+                    record.seq,
+                    duplicate=results[index].duplicate,
+                    reconnects=reconnects,
+                    now=now,
+                )
+
+    def due_in(self) -> float | None:
+        """Seconds until the counts are due (0: now); None while there are none."""
+        if not self.devices and not self.commit:
+            return None
+        return max(0.0, self.reported + COUNTS_INTERVAL_S - time.monotonic())
+
+    def report(self) -> Counts | None:
+        """The counts since the last report if they are due (and counting starts over)."""
+        if self.due_in() != 0.0:
+            return None
+        self.reported = time.monotonic()
+        hits, total = self.commit.take()
+        return Counts(self.devices.take(), hits, total)
 
 
 class _Handoff:
@@ -594,13 +680,17 @@ def child_main(argv: Sequence[str]) -> int:
     sock = socket.socket(fileno=int(fd))
     spool = Spool(path, synchronous=sync, busy_timeout_ms=int(busy_ms), appends_only=True)
     spool.leave_checkpoints_to_others()
+    counter = _Counter()
     buf = bytearray()
     try:
         while True:
-            frames = _read_frames(sock, buf, int(max_batch))
+            frames = _read_frames(sock, buf, int(max_batch), counter.due_in())
             if frames is None:
                 return 0
-            records, outcomes = sealer.records_of(frames)
+            if not frames:  # idle with counts due: they go on their own
+                sock.sendall(_frame(_encode(_Reply(0, [], 0, 0, counts=counter.report()))))
+                continue
+            records, outcomes, sealed = sealer.records_of(frames)
             try:
                 if records:
                     results, totals = spool.append_batch(records)
@@ -609,6 +699,9 @@ def child_main(argv: Sequence[str]) -> int:
                 reply = _Reply(len(frames), results, totals.records, totals.bytes, None, outcomes)
             except Exception as exc:
                 reply = _Reply(len(frames), [], 0, 0, error=str(exc) or type(exc).__name__)
+            if reply.error is None:
+                counter.committed(sealed, records, reply.results)
+                reply.counts = counter.report()
             if handoff is not None:
                 if reply.error is None:
                     handoff.committed(records, reply.results)
