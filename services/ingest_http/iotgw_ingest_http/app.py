@@ -221,31 +221,14 @@ async def ingest(request: Request[Any, Any, Any]) -> Response[bytes]:
     # argument costs a signature-model pass per request on the hot path.
     device_id: str = request.path_params["device_id"]
     pipeline = _pipeline(request)
-    if pipeline.seals_in_writer:
-        return await _ingest_in_writer(request, pipeline, device_id)
-    checked = await _read_checked(request, pipeline, device_id, parse_reading)
-    if isinstance(checked, Response):
-        return checked
-    reading, (tenant, site), traceparent = checked
-    record = pipeline.build(
-        reading, device_id=device_id, tenant=tenant, site=site, traceparent=traceparent
-    )
-    results = await _commit(pipeline, [record])
-    if isinstance(results, Response):
-        return results
-    return await _stored(request, pipeline, results[0])
-
-
-def _as_is(body: bytes) -> bytes:
-    return body
-
-
-async def _ingest_in_writer(
-    request: Request[Any, Any, Any], pipeline: IngestPipeline, device_id: str
-) -> Response[bytes]:
-    """The same answers as ingest's loop-side path, with the body's validation, the id and
-    the envelope done in the spool writer process, beside the commit, instead of
-    on the event loop that every request waits for (docs/spool.md)."""
+    if not pipeline.seals_in_writer:
+        return await _ingest_on_loop(request, pipeline, device_id)
+    # The default (tracing off): the body's validation, the id and the envelope are
+    # done in the spool writer process, beside the commit, instead of on the event
+    # loop that every request waits for (docs/spool.md). Here in the handler itself,
+    # not in a coroutine of its own (nor through _durably, nor _stored outside ack
+    # mode sink): each coroutine between the handler and the commit's future costs
+    # its creation and a resumption per request.
     checked = await _read_checked(request, pipeline, device_id, _as_is)
     if isinstance(checked, Response):
         return checked
@@ -253,9 +236,6 @@ async def _ingest_in_writer(
     reading = pipeline.raw_reading(
         body, device_id=device_id, tenant=tenant, site=site, traceparent=traceparent
     )
-    # Awaited here, not through _durably (nor _stored, outside ack mode sink): each
-    # coroutine between this handler and the commit's future costs its creation and
-    # a resumption per request.
     try:
         answers = await pipeline.submit_readings((reading,))
     except SpoolError as exc:
@@ -271,6 +251,28 @@ async def _ingest_in_writer(
     if pipeline.ack_mode == "sink":
         return await _stored(request, pipeline, result)
     return _enqueued(result)
+
+
+def _as_is(body: bytes) -> bytes:
+    return body
+
+
+async def _ingest_on_loop(
+    request: Request[Any, Any, Any], pipeline: IngestPipeline, device_id: str
+) -> Response[bytes]:
+    """The same answers as ingest's writer-side path, with the validation and the
+    envelope done here (with tracing on: the ingest span opens around them)."""
+    checked = await _read_checked(request, pipeline, device_id, parse_reading)
+    if isinstance(checked, Response):
+        return checked
+    reading, (tenant, site), traceparent = checked
+    record = pipeline.build(
+        reading, device_id=device_id, tenant=tenant, site=site, traceparent=traceparent
+    )
+    results = await _commit(pipeline, [record])
+    if isinstance(results, Response):
+        return results
+    return await _stored(request, pipeline, results[0])
 
 
 async def _stored(
