@@ -236,3 +236,36 @@ def test_split_frames_keeps_an_incomplete_tail() -> None:
     buf = bytearray(whole + spool_process._frame(b"defg")[:5])
     assert spool_process._split_frames(buf) == [b"abc", b""]
     assert bytes(buf) == spool_process._frame(b"defg")[:5]
+
+
+async def test_the_child_reports_its_counts_from_a_descriptor_past_1024(spool: Spool) -> None:
+    # The child's socket keeps the number it had in the parent, which in a busy
+    # service (a descriptor per connection) may be past select()'s limit of 1024.
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2048:
+        pytest.skip(f"a hard limit of {hard} descriptors")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2048), hard))
+    spare = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    reports: list[spool_process.Counts] = []
+    try:
+        async with running(spool, on_counts=reports.append) as writer:
+            ((outcome, result),) = await writer.append_readings(
+                [raw(b'{"seq":1,"metrics":{"t":1}}')]
+            )
+            assert outcome.code is None and result is not None
+            # Idle after its commit, the child sends its counts on its own.
+            for _ in range(100):
+                if reports:
+                    break
+                await asyncio.sleep(0.05)
+            assert writer.pid is not None  # the same child, alive
+    finally:
+        for fd in spare:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert len(reports) == 1
+    (device,) = reports[0].devices
+    assert (device.device_id, device.records, device.duplicates) == ("d1", 1, 0)
+    assert sum(reports[0].commit_hits.values()) == 1

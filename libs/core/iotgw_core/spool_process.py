@@ -479,13 +479,21 @@ def _read_frames(
             if not data:
                 break
         else:
-            if wait_s is not None and not select.select([sock], [], [], wait_s)[0]:
+            if wait_s is not None and not _readable(sock, wait_s):
                 return frames  # none came in time
             data = sock.recv(1 << 20)
             if not data:
                 return None
         buf += data
     return frames
+
+
+def _readable(sock: socket.socket, wait_s: float) -> bool:
+    """Whether ``sock`` has data (or EOF) within ``wait_s``. poll, not select: the
+    socket keeps the parent's descriptor number, which may be over select's 1024."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(wait_s * 1000))
 
 
 _STORED = ReadingOutcome()
