@@ -7,6 +7,7 @@ import math
 import pytest
 from iotgw_core import metrics
 from iotgw_core.counts import Baselines, BucketCounts, DeviceCounts
+from iotgw_core.spool import NewRecord
 from prometheus_client import REGISTRY, CollectorRegistry, Histogram, generate_latest
 
 pytestmark = pytest.mark.unit
@@ -158,7 +159,8 @@ def test_device_counts_merged_give_the_series_observe_gives() -> None:
     merged = metrics.DeviceMetrics(max_devices=2)
     counts = DeviceCounts()
     for now, (device, seq, duplicate, reconnects) in enumerate(readings, start=100):
-        counts.observe("mrg", device, seq, duplicate=duplicate, reconnects=reconnects, now=now)
+        record = NewRecord(f"id-{now}", "mrg", device, seq, b"{}")
+        counts.observe(record, duplicate, reconnects, float(now))
         if now in (101, 104):  # three reports
             merged.merge(counts.take())
     merged.merge(counts.take())

@@ -14,9 +14,11 @@ from __future__ import annotations
 import bisect
 import math
 import time
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import msgspec
+
+from .spool import NewRecord
 
 _Value = TypeVar("_Value", int, float)
 
@@ -66,6 +68,25 @@ class Baselines:
         values[key] = value
 
 
+class Counted(Protocol):
+    """Counts of one device's readings."""
+
+    records: int
+    duplicates: int
+    seen: float
+
+
+def count_reading(counted: Counted, duplicate: bool, now: float | None) -> bool:
+    """Count one committed reading (at ``now``; None: the current time); True if it
+    was stored, False for a repeat."""
+    if duplicate:
+        counted.duplicates += 1
+        return False
+    counted.records += 1
+    counted.seen = time.time() if now is None else now
+    return True
+
+
 class DeviceDelta(msgspec.Struct, array_like=True, gc=False):
     """What one device's readings added since the last report."""
 
@@ -89,27 +110,17 @@ class DeviceCounts:
         return bool(self._pending)
 
     def observe(
-        self,
-        tenant: str,
-        device_id: str,
-        seq: int | None,
-        *,
-        duplicate: bool,
-        reconnects: float | None = None,
-        now: float | None = None,
+        self, record: NewRecord, duplicate: bool, reconnects: float | None, now: float
     ) -> None:
-        """Count one committed reading (a repeat if ``duplicate``)."""
-        key = (tenant, device_id)
+        """Count one committed reading (a repeat if ``duplicate``) at ``now``."""
+        key = (record.tenant, record.device_id)
         delta = self._pending.get(key)
         if delta is None:
-            delta = self._pending[key] = DeviceDelta(tenant, device_id)
-        if duplicate:
-            delta.duplicates += 1
+            delta = self._pending[key] = DeviceDelta(*key)
+        if not count_reading(delta, duplicate, now):
             return
-        delta.records += 1
-        delta.seen = time.time() if now is None else now
-        if seq is not None:
-            delta.gaps += self.baselines.gap(key, seq)
+        if record.seq is not None:
+            delta.gaps += self.baselines.gap(key, record.seq)
         if reconnects is not None:
             delta.reconnects += self.baselines.reconnected(key, reconnects)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import bisect
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 
@@ -21,7 +20,7 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from .counts import LATENCY_BUCKETS, Baselines, DeviceDelta
+from .counts import LATENCY_BUCKETS, Baselines, DeviceDelta, count_reading
 
 
 class _FlushOnCollect(Collector):
@@ -376,12 +375,7 @@ class DeviceMetrics:
         """Count one committed reading of a device (after its spool commit) at ``now``."""
         key = (tenant, device_id)
         device, tracked = self._device(key, 1)
-        if duplicate:
-            device.duplicates += 1
-            return
-        device.records += 1
-        device.seen = time.time() if now is None else now
-        if not tracked:
+        if not count_reading(device, duplicate, now) or not tracked:
             return
         if seq is not None:
             gap = self._baselines.gap(key, seq)

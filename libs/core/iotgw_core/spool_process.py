@@ -583,15 +583,7 @@ class _Counter:
                 continue
             self.commit.add(max(0.0, done - sent))
             for index, reconnects in stored:
-                record = records[index]
-                self.devices.observe(
-                    record.tenant,
-                    record.device_id,
-                    record.seq,
-                    duplicate=results[index].duplicate,
-                    reconnects=reconnects,
-                    now=now,
-                )
+                self.devices.observe(records[index], results[index].duplicate, reconnects, now)
 
     def due_in(self) -> float | None:
         """Seconds until the counts are due (0: now); None while there are none."""
