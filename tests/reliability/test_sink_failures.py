@@ -117,7 +117,9 @@ def test_file_sink_down_for_a_while_then_everything_delivered(
 ) -> None:
     stack = Stack(gateway_env, tmp_path).start()
     try:
-        wait_until(stack.outbox.is_dir, 20, "outbox created")
+        # The sink's first file, not only its directory: the sink's start makes the
+        # directory again on its way to that file, and would undo the rmtree below.
+        wait_until(lambda: any(stack.outbox.glob("outbox-*.jsonl")), 20, "outbox file created")
         shutil.rmtree(stack.outbox)
         stack.outbox.write_text("the disk is gone")  # writes fail: the sink is unavailable
         result = asyncio.run(send_readings(stack.base_url, 500, device="dev-s", time_limit_s=60))
