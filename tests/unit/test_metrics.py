@@ -47,14 +47,11 @@ def test_bucket_counts_added_in_bulk_count_like_observe_one_by_one() -> None:
     for amount in amounts:
         single.observe(amount)
         counts.add(amount)
-    single.observe(0.004)
-    single.observe(0.004)
-    counts.add(0.004, count=2)
     metrics.add_bucket_counts(bulk, *counts.take())
     assert not counts and counts.take() == ({}, 0.0)  # taken: counting starts over
     a, b = _samples(one), _samples(many)
     assert b.pop(("h_sum", "")) == pytest.approx(a.pop(("h_sum", "")))  # summed in another order
-    assert a == b and b[("h_count", "")] == len(amounts) + 2
+    assert a == b and b[("h_count", "")] == len(amounts)
 
 
 def test_observe_many_nan_goes_to_the_sum_only_as_in_observe() -> None:

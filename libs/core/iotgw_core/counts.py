@@ -140,11 +140,11 @@ class BucketCounts:
     def __bool__(self) -> bool:
         return bool(self.hits)
 
-    def add(self, amount: float, count: int = 1) -> None:
-        """Observe ``amount`` ``count`` times (finite amounts only)."""
+    def add(self, amount: float) -> None:
+        """Observe ``amount`` (finite amounts only)."""
         index = bisect.bisect_left(_LATENCY_BOUNDS, amount)  # the first bound >= amount
-        self.hits[index] = self.hits.get(index, 0) + count
-        self.total += amount * count
+        self.hits[index] = self.hits.get(index, 0) + 1
+        self.total += amount
 
     def take(self) -> tuple[dict[int, int], float]:
         """The counts and sum since the last call; counting starts over."""
