@@ -6,14 +6,14 @@ import asyncio
 import contextlib
 import shutil
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
 from iotgw_core.ingest import IngestPipeline
 from iotgw_core.settings import CommonSettings, load_settings
-from iotgw_core.sink import MemorySink
-from iotgw_core.spool import AppendResult, NewRecord, Spool, State
+from iotgw_core.sink import Delivery, MemorySink
+from iotgw_core.spool import AppendResult, NewRecord, Spool, State, StoredRecord
 from iotgw_core.stream import StreamEntry
 from iotgw_core.validation import parse_reading
 from iotgw_forwarder.consumer import Forwarder
@@ -187,6 +187,98 @@ async def test_a_device_new_to_the_forwarder_gets_its_older_records_first(
         "handed",
     ]
     assert spool.counts_by_state()["Acked"] == 7
+
+
+async def steps_until(forwarder: Forwarder, done: object, what: str, timeout_s: float = 20) -> None:
+    """Drive the forwarder round by round (no background loops: no reconciler)."""
+    deadline = time.monotonic() + timeout_s
+    rounds = 0
+    while rounds < 1000 and time.monotonic() < deadline:
+        if done():  # type: ignore[operator]
+            return
+        await forwarder.step()
+        rounds += 1
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"not after {rounds} rounds: {what}")
+
+
+async def test_a_device_with_a_record_waiting_still_gets_its_lost_records_in_order(
+    gateway_env: dict[str, str],
+) -> None:
+    # dev's first record waits in its lane (the sink was down) when its next two are
+    # committed without stream entries (Redis lost them) and a fourth is handed over.
+    # The lane exists, so the device is not new to the forwarder; the lost two must
+    # still go before the fourth, found by the forwarder's own check (no reconciler).
+    env = {**gateway_env, "IOTGW_RECONCILE_GRACE_S": "3600"}
+    spool = Spool(env["IOTGW_SPOOL_PATH"])
+    sink = MemorySink(unavailable_for=1)
+    forwarder = Forwarder(load_settings(ForwarderSettings, env), sink)
+
+    async def commit(ids: list[str], *, handed: bool) -> None:
+        results, _ = spool.append_batch([NewRecord(i, "t", "dev", None, b"{}") for i in ids])
+        if handed:
+            await forwarder.stream.add_many(
+                [StreamEntry(r.rid, r.id, "t", "dev", None) for r in results]
+            )
+
+    try:
+        await forwarder.stream.ensure_group()
+        await commit(["first"], handed=True)
+        await steps_until(forwarder, lambda: sink.calls == 1, "the sink's first (failed) call")
+        assert not sink.delivered and [p.record.id for p in forwarder.lanes[("t", "dev")]] == [
+            "first"
+        ]
+        await commit(["lost-1", "lost-2"], handed=False)
+        await commit(["fourth"], handed=True)
+        await steps_until(forwarder, lambda: len(sink.delivered) == 4, "all four delivered")
+    finally:
+        await forwarder.stream.client.aclose()
+    assert [r.id for r in sink.delivered] == ["first", "lost-1", "lost-2", "fourth"]
+
+
+async def test_more_lost_records_than_memory_holds_go_in_order_a_part_at_a_time(
+    gateway_env: dict[str, str],
+) -> None:
+    # 30 records of three devices lost their stream entries; then one more of each is
+    # handed over. Memory holds 6 (+ a sink call of 4): the lost ones are taken a part
+    # at a time, oldest first, and no device's newer record overtakes its older ones.
+    env = {
+        **gateway_env,
+        "IOTGW_RECONCILE_GRACE_S": "3600",
+        "IOTGW_MAX_PENDING_RECORDS": "6",
+        "IOTGW_FORWARD_BATCH": "4",
+    }
+    spool = Spool(env["IOTGW_SPOOL_PATH"])
+    devices = ["a", "b", "c"]
+    lost, _ = spool.append_batch(
+        [NewRecord(f"lost-{i}", "t", devices[i % 3], i, b"{}") for i in range(30)]
+    )
+    handed, _ = spool.append_batch([NewRecord(f"new-{d}", "t", d, 100, b"{}") for d in devices])
+    sink = MemorySink()
+    forwarder = Forwarder(load_settings(ForwarderSettings, env), sink)
+    held: list[int] = []
+    deliver = sink.deliver
+
+    async def watching_deliver(records: Sequence[StoredRecord]) -> list[Delivery]:
+        held.append(len(forwarder.items))
+        return await deliver(records)
+
+    sink.deliver = watching_deliver  # type: ignore[method-assign]
+    try:
+        await forwarder.stream.add_many(
+            [StreamEntry(r.rid, r.id, "t", d, None) for r, d in zip(handed, devices, strict=True)]
+        )
+        await steps_until(forwarder, lambda: len(sink.delivered) == 33, "every record")
+    finally:
+        await forwarder.stream.client.aclose()
+    for d in devices:
+        ids = [r.id for r in sink.delivered if r.device_id == d]
+        want = [f"lost-{i}" for i in range(30) if devices[i % 3] == d] + [f"new-{d}"]
+        assert ids == want, d
+    assert max(held) <= 6 + 4, held
+    assert len(held) >= 33 // 4  # a sink call of at most 4 each time
+    assert spool.counts_by_state()["Acked"] == 33
+    assert lost[0].rid < handed[0].rid
 
 
 async def test_what_the_stream_holds_goes_in_one_read_and_one_sink_call(

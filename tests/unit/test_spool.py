@@ -139,25 +139,55 @@ def test_prune_keeps_acked_inside_retention(spool: Spool) -> None:
     assert spool.prune_acked(older_than=time.time() - 3600) == 0
 
 
-def test_pending_of_device_in_commit_order(spool: Spool) -> None:
-    results, _ = spool.append_batch([rec(i, device="a" if i % 2 else "b") for i in range(10)])
-    spool.mark_acked([results[1].rid])
-    pending = spool.pending_of_device("t", "a", upto_rid=results[7].rid)
-    assert [p.rid for p in pending] == [results[i].rid for i in (3, 5, 7)]
-
-
-def test_pending_rids_of_devices_match_pending_of_device(spool: Spool) -> None:
+def test_pending_rids_between_are_the_open_records_in_commit_order(spool: Spool) -> None:
     results, _ = spool.append_batch([rec(i, device="abc"[i % 3]) for i in range(30)])
-    spool.mark_acked([results[0].rid, results[4].rid])
-    spool.mark_dead([results[2].rid], "bad")
-    spool.mark_inflight([results[3].rid])
-    asked = [("t", "a", results[21].rid), ("t", "b", results[28].rid), ("t", "zz", 10**9)]
-    want = [p.rid for t, d, upto in asked for p in spool.pending_of_device(t, d, upto)]
-    assert spool.pending_rids_of_devices(asked) == want
-    assert want[:3] == [results[3].rid, results[6].rid, results[9].rid]
-    assert spool.pending_rids_of_devices(asked, limit=2) == [
-        p.rid for t, d, upto in asked for p in spool.pending_of_device(t, d, upto, limit=2)
+    rids = [r.rid for r in results]
+    spool.mark_acked([rids[0], rids[4]])
+    spool.mark_dead([rids[2]], "bad")
+    spool.mark_inflight([rids[3]])  # InFlight is still open
+    gone = {rids[0], rids[4], rids[2]}
+    want = [rid for rid in rids if rid not in gone]
+    assert spool.pending_rids_between(0, 10**9, 100) == want
+    assert spool.pending_rids_between(rids[1], rids[9], 100) == [
+        rid for rid in want if rids[1] < rid <= rids[9]
     ]
+    assert spool.pending_rids_between(0, 10**9, 3) == want[:3]
+    assert spool.pending_rids_between(rids[-1], 10**9, 100) == []
+    # From the index of open rids alone, not a walk over the table's rows.
+    (plan,) = spool._conn.execute(
+        "EXPLAIN QUERY PLAN SELECT rid FROM records WHERE pending=1 AND rid > ? AND rid <= ?"
+        " ORDER BY rid LIMIT ?",
+        (0, 1, 1),
+    ).fetchall()
+    assert "USING INDEX ix_records_open_rid" in plan[3], plan
+
+
+def test_an_append_writes_one_per_device_index_only(spool: Spool) -> None:
+    # Each per-device index costs a leaf page for every device in a commit (WAL bytes
+    # and CPU; docs/spool.md, "Indexes"): the idempotency key's is the only one.
+    statements: list[str] = []
+    spool._conn.set_trace_callback(statements.append)
+    spool.append_batch([rec(i, device=f"d{i}", seq=i) for i in range(3)])
+    spool._conn.set_trace_callback(None)
+    (insert,) = [s for s in statements if s.startswith("INSERT INTO records")]
+    roots = dict(spool._conn.execute("SELECT rootpage, name FROM sqlite_master WHERE rootpage"))
+    params = ",".join(["(?,?,?,?,?,0,?,?,?,?,?)"] * 3)
+    written = {
+        roots[row[3]]
+        for row in spool._conn.execute(
+            "EXPLAIN " + insert.split(" VALUES ")[0] + " VALUES " + params, [None] * 30
+        )
+        if row[1] == "OpenWrite"
+    }
+    assert written == {
+        "records",
+        "sqlite_autoindex_records_1",  # id
+        "ux_records_idempotency",  # (tenant, device_id, seq)
+        "ix_records_open_rid",
+        "ix_records_inflight",  # partial: state = 1, so an insert adds no entry
+        "ix_records_acked",
+        "ix_records_dead",
+    }, written
 
 
 def test_loaded_records_have_the_stored_types(spool: Spool) -> None:
@@ -449,17 +479,44 @@ def test_a_version_2_spool_is_migrated_with_its_records_in_their_states(tmp_path
     conn.commit()
     conn.close()
     spool = Spool(path)
-    assert spool._conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert spool._conn.execute("PRAGMA user_version").fetchone()[0] == 4
     indexes = {r[0] for r in spool._conn.execute("SELECT name FROM sqlite_master")}
-    assert not indexes & {"ix_records_pending", "ix_records_pending_rid", "ix_records_state"}
-    assert {"ix_records_open", "ix_records_open_rid", "ix_records_acked"} <= indexes
+    assert not indexes & {
+        "ix_records_pending",
+        "ix_records_pending_rid",
+        "ix_records_state",
+        "ix_records_open",
+    }
+    assert {"ix_records_open_rid", "ix_records_acked"} <= indexes
     assert spool.counts_by_state() == {"Enqueued": 1, "InFlight": 1, "Acked": 1, "Dead": 1}
-    assert spool.pending_rids_of_devices([("t", "d1", 10)]) == [1, 2]
+    assert spool.pending_rids_between(0, 10, 100) == [1, 2]
     assert spool.oldest_pending_created_at() == 1.0
     # Opening it again (another process of the gateway) finds nothing left to do.
     assert Spool(path).counts_by_state() == spool.counts_by_state()
     results, _ = spool.append_batch([rec(5, seq=5)])
     assert results[0].rid == 5 and not results[0].duplicate
+
+
+def test_a_version_3_spool_loses_its_per_device_open_index_and_nothing_else(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "v3.db"
+    spool = Spool(path)
+    results, _ = spool.append_batch([rec(i, device=f"d{i % 2}", seq=i) for i in range(4)])
+    spool.mark_acked([results[0].rid])
+    # As schema 3 left it: the (tenant, device_id, rid) index of open records.
+    spool._conn.execute(
+        "CREATE INDEX ix_records_open ON records(tenant, device_id, rid) WHERE pending = 1"
+    )
+    spool._conn.execute("PRAGMA user_version=3")
+    spool.close()
+    reopened = Spool(path)
+    assert reopened._conn.execute("PRAGMA user_version").fetchone()[0] == 4
+    names = {r[0] for r in reopened._conn.execute("SELECT name FROM sqlite_master")}
+    assert "ix_records_open" not in names and "ux_records_idempotency" in names
+    assert reopened.pending_rids_between(0, 100, 100) == [r.rid for r in results[1:]]
+    again, _ = reopened.append_batch([rec(9, device="d1", seq=3)])
+    assert again[0].duplicate and again[0].rid == results[3].rid
 
 
 def test_pending_follows_the_state_through_every_change(spool: Spool) -> None:
@@ -481,8 +538,8 @@ def test_pending_follows_the_state_through_every_change(spool: Spool) -> None:
     )
     assert spool.counts_by_state() == {label.label: by_state.get(label.value, 0) for label in State}
     assert spool.counts_by_state()["Dead"] == 1 and spool.counts_by_state()["Acked"] == 3
-    open_rids = spool.pending_rids_of_devices([("t", f"d{d}", 100) for d in range(3)])
-    assert sorted(open_rids) == sorted(rids[:5] + rids[8:9] + rids[10:])
+    open_rids = spool.pending_rids_between(0, 100, 100)
+    assert open_rids == sorted(rids[:5] + rids[8:9] + rids[10:])
 
 
 def test_an_inflight_mark_writes_no_index_of_open_records(spool: Spool) -> None:
@@ -500,7 +557,6 @@ def test_an_inflight_mark_writes_no_index_of_open_records(spool: Spool) -> None:
     }
     assert "records" in written and "ix_records_inflight" in written
     assert not written & {
-        "ix_records_open",
         "ix_records_open_rid",
         "ux_records_idempotency",
         "sqlite_autoindex_records_1",

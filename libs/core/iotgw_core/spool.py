@@ -32,7 +32,7 @@ import msgspec
 from .process import to_worker_cpus
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _CHUNK = 500  # bound on SQL parameters per statement
 _ROWS_PER_INSERT = 256  # 10 parameters a row: well under SQLite's 32,766
 _INSERT_PREFIX = (
@@ -42,9 +42,10 @@ _INSERT_PREFIX = (
 _INSERT_ROW = "(?,?,?,?,?,0,?,?,?,?,?)"
 
 # The page size of a spool this code creates (an existing spool keeps its own).
-# Every append writes one leaf page of each per-device index for every device in
-# it: with 64 devices a 24-record commit wrote ~61 pages, 11.4 KB of WAL and
-# database a record at 4 KiB pages, 7.3 KB at 2 KiB (docs/spool.md).
+# Every append writes one leaf page of the per-device idempotency index for every
+# device in it: with 64 devices and two such indexes a 24-record commit wrote ~61
+# pages, 11.4 KB of WAL and database a record at 4 KiB pages, 7.3 KB at 2 KiB
+# (docs/spool.md).
 PAGE_SIZE = 2048
 # The background checkpointer starts the WAL over once it is this large; the
 # file is cut back to it when it starts over (journal_size_limit).
@@ -93,10 +94,13 @@ END;
 # has its entry deleted and inserted again, even when it comes out the same.)
 # Acked and Dead each have their own partial index, instead of one on
 # (state, updated_at) that every record passed through three times.
+# The only per-device index is the idempotency key's: an append writes one of its
+# leaf pages for every device in the commit. (Until schema 4 a second one,
+# (tenant, device_id, rid) of open records, doubled that; the forwarder now finds
+# records the stream lost by rid alone: docs/spool.md, "Indexes".)
 _INDEXES = """
 CREATE UNIQUE INDEX IF NOT EXISTS ux_records_idempotency
     ON records(tenant, device_id, seq) WHERE seq IS NOT NULL;
-CREATE INDEX IF NOT EXISTS ix_records_open ON records(tenant, device_id, rid) WHERE pending = 1;
 CREATE INDEX IF NOT EXISTS ix_records_open_rid ON records(rid) WHERE pending = 1;
 CREATE INDEX IF NOT EXISTS ix_records_inflight ON records(rid) WHERE state = 1;
 CREATE INDEX IF NOT EXISTS ix_records_acked ON records(updated_at) WHERE state = 2;
@@ -398,6 +402,8 @@ class Spool:
             run("UPDATE records SET pending = 0 WHERE state IN (2, 3)")
             for old in ("ix_records_pending", "ix_records_pending_rid", "ix_records_state"):
                 run(f"DROP INDEX IF EXISTS {old}")
+        if 0 < version < 4:  # the per-device index of open records is gone
+            run("DROP INDEX IF EXISTS ix_records_open")
 
     def close(self) -> None:
         """Close the connection."""
@@ -568,39 +574,19 @@ class Spool:
             ).fetchone()
         return None if row is None else _row_to_record(row)
 
-    def pending_of_device(
-        self, tenant: str, device_id: str, upto_rid: int, limit: int = 10_000
-    ) -> list[StoredRecord]:
-        """Enqueued/InFlight records of one device up to ``upto_rid``, oldest first."""
+    def pending_rids_between(self, after_rid: int, upto_rid: int, limit: int) -> list[int]:
+        """Rids of the Enqueued/InFlight records with ``after_rid < rid <= upto_rid``,
+        oldest first, at most ``limit``: from ix_records_open_rid alone, without the
+        rows (the forwarder's check for records the stream lost)."""
         with self._lock:
-            rows = self._conn.execute(
-                f"SELECT {_RECORD_COLUMNS} FROM records WHERE tenant=? AND device_id=?"
-                " AND pending=1 AND rid <= ? ORDER BY rid LIMIT ?",
-                (tenant, device_id, upto_rid, limit),
-            ).fetchall()
-        return [_row_to_record(r) for r in rows]
-
-    def pending_rids_of_devices(
-        self, devices: Sequence[tuple[str, str, int]], limit: int = 10_000
-    ) -> list[int]:
-        """Rids of the Enqueued/InFlight records of each ``(tenant, device_id, upto_rid)``.
-
-        What :meth:`pending_of_device` finds (rid <= upto, oldest first, ``limit`` a
-        device), as rids only: read from ix_records_open alone, without the rows,
-        and for every device under one lock hold.
-        """
-        out: list[int] = []
-        with self._lock:
-            for tenant, device_id, upto_rid in devices:
-                out.extend(
-                    rid
-                    for (rid,) in self._conn.execute(
-                        "SELECT rid FROM records WHERE tenant=? AND device_id=?"
-                        " AND pending=1 AND rid <= ? ORDER BY rid LIMIT ?",
-                        (tenant, device_id, upto_rid, limit),
-                    )
+            return [
+                int(rid)
+                for (rid,) in self._conn.execute(
+                    "SELECT rid FROM records WHERE pending=1 AND rid > ? AND rid <= ?"
+                    " ORDER BY rid LIMIT ?",
+                    (after_rid, upto_rid, limit),
                 )
-        return out
+            ]
 
     def pending_after(
         self, after_rid: int, limit: int, created_before: float

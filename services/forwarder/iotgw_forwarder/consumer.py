@@ -6,8 +6,15 @@ record failed waits out its backoff while other devices go on. The spool
 is the truth: a stream entry only says "look at rid N"; an entry whose record
 is already Acked or Dead is just acknowledged.
 
-The spool calls of every round (load, the index lookup of older pending
-records of devices without a lane, mark InFlight, mark Acked) run on the
+A record goes to the sink only once every pending record older than it is
+in memory too (``seen_upto``): the stream may have lost an older one's
+entry (Redis restarted empty), and delivering the newer record first would
+break its device's order. After each read the forwarder looks up, by rid,
+the pending records between what it had seen and the newest it took, and
+takes those the stream did not name.
+
+The spool calls of every round (load, that lookup of older pending records,
+mark InFlight, mark Acked) run on the
 event loop, not on a worker thread: a batch's call takes a few milliseconds,
 during which the loop has nothing else to do (a round waits for each of them
 anyway), and the thread hop around it (submit, wake the worker, wake the
@@ -80,6 +87,10 @@ class Forwarder:
         )
         self.lanes: dict[DeviceKey, list[Pending]] = {}
         self.items: dict[int, Pending] = {}
+        # Every Enqueued/InFlight record with a rid up to seen_upto is in items;
+        # taken_upto: the newest rid taken. Records above seen_upto wait (_see_older).
+        self.seen_upto = 0
+        self.taken_upto = 0
         self.not_before: dict[DeviceKey, float] = {}
         self.unavailable_until = 0.0
         self.unavailable_failures = 0
@@ -138,10 +149,12 @@ class Forwarder:
         if len(self.items) < self.settings.max_pending_records:
             entries = await self._read(block_ms=None if self._ready_now() else self._idle_ms())
             if entries:
-                await self._take(entries)
+                self._take(entries)
                 trickle = len(entries) < self.settings.forward_batch
         elif not self._ready_now():
             await asyncio.sleep(min(1.0, self._idle_ms() / 1000))
+        if self.taken_upto > self.seen_upto:
+            await self._see_older()
         batch = self._ready_batch()
         if batch:
             await self._deliver(batch)
@@ -192,7 +205,7 @@ class Forwarder:
             await asyncio.sleep(0.5)
         return []
 
-    async def _take(self, entries: Sequence[StreamEntry]) -> None:
+    def _take(self, entries: Sequence[StreamEntry]) -> None:
         """Put the records named by ``entries`` into their device lanes, in rid order."""
         named: dict[int, list[str]] = {}
         refs, items = self._entry_refs, self.items
@@ -215,23 +228,14 @@ class Forwarder:
             if rec is None or rec.state not in _LIVE:
                 self._release(entry_ids)  # nothing left to do for it
         live = [r for r in loaded if r.state in _LIVE]
-        # A device seen for the first time may have older records the stream lost
-        # (Redis restarted): take them first so that its order holds. ``loaded`` is in
-        # rid order, so the last record of a device is its newest.
-        newest: dict[DeviceKey, int] = {}
-        for rec in live:
-            newest[rec.device_key] = rec.rid
-        unseen = [(key[0], key[1], upto) for key, upto in newest.items() if not self.lanes.get(key)]
-        if unseen:
-            # Rids first (from the index alone): rows only for those not already here.
-            # (A lane empties after each delivery, so this runs on most takes: on the loop.)
-            rids = self.spool.pending_rids_of_devices(unseen)
-            missing = [rid for rid in rids if rid not in by_rid and rid not in self.items]
-            if missing:
-                older = await asyncio.to_thread(self.spool.load, missing)
-                live.extend(r for r in older if r.state in _LIVE)
-        lanes = self.lanes
-        for rec in live:
+        if live:  # ``loaded`` is in rid order
+            self.taken_upto = max(self.taken_upto, live[-1].rid)
+        self._place(live, named)
+
+    def _place(self, records: Sequence[StoredRecord], named: dict[int, list[str]]) -> None:
+        """Put records (with the stream entries that named them) into their device lanes."""
+        items, lanes = self.items, self.lanes
+        for rec in records:
             if rec.rid in items:
                 continue
             pending = Pending(rec, named.get(rec.rid, []))
@@ -243,6 +247,28 @@ class Forwarder:
                 lane.append(pending)  # the usual case: newer than all the lane holds
             else:
                 bisect.insort(lane, pending)
+
+    async def _see_older(self) -> None:
+        """Take the pending records up to ``taken_upto`` that are not in memory (the
+        stream lost their entries), oldest first; then move ``seen_upto`` up.
+
+        One indexed lookup by rid for all devices: in the usual case it finds just
+        the records the last read took. It takes at most what memory has room for
+        (and at least a sink call's worth), so a large loss is taken over several
+        rounds, in rid order; until then the newer records wait.
+        """
+        limit = max(
+            self.settings.forward_batch, self.settings.max_pending_records - len(self.items)
+        )
+        upto = self.taken_upto
+        rids = self.spool.pending_rids_between(self.seen_upto, upto, limit)
+        seen = rids[-1] if len(rids) == limit else upto
+        missing = [rid for rid in rids if rid not in self.items]
+        if missing:
+            older = await asyncio.to_thread(self.spool.load, missing)
+            self._place([r for r in older if r.state in _LIVE], {})
+        # Only now: a round on another task must not deliver past records not yet placed.
+        self.seen_upto = max(self.seen_upto, seen)
 
     # -- delivering ---------------------------------------------------------------------------
 
@@ -274,11 +300,14 @@ class Forwarder:
         budget = self.backlog_budget.available() if self.backlog_budget else None
         spent = 0
         self._paced_out = False
+        seen = self.seen_upto
         for key, lane in lanes:
-            if not lane or self.not_before.get(key, 0.0) > now:
+            if not lane or self.not_before.get(key, 0.0) > now or lane[0].record.rid > seen:
                 continue
             room = self.settings.forward_batch - len(batch)
             take = lane[: min(room, self.settings.forward_batch_per_device)]
+            if take[-1].record.rid > seen:  # not until every older record is here
+                take = [p for p in take if p.record.rid <= seen]
             if budget is not None:
                 allowed = 0
                 for pending in take:
@@ -498,7 +527,7 @@ class Forwarder:
                 metrics.RECLAIMED.inc(len(foreign))
                 log.info("took over %d stale stream entries", len(foreign))
             if claimed:
-                await self._take(claimed)
+                self._take(claimed)
 
     async def _pause_loop(self) -> None:
         while True:
