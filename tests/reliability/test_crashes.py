@@ -91,6 +91,10 @@ def test_redis_restarted_empty_mid_stream_loses_nothing(
         assert (
             "reconciler re-enqueued" in stack.forwarder.log_text() or len(stack.records()) >= 4000
         )
+        # The device's order held across the loss: its ids (UUIDv7, minted in commit
+        # order by the one spool writer) reached the outbox in increasing order.
+        ids = list(dict.fromkeys(r["id"] for r in stack.records() if r["device_id"] == "dev-r"))
+        assert ids == sorted(ids), "a record overtook an older one of its device"
     finally:
         stack.stop()
         redis.stop()
