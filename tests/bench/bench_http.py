@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sqlite3
 import statistics
 import subprocess
 import tempfile
@@ -30,7 +31,7 @@ from pathlib import Path
 
 from tests.bench import service_env
 from tests.bench.clock import Clock, OutboxLines, with_children
-from tests.support.procs import RedisServer, free_port, python_service, wait_port
+from tests.support.procs import Managed, RedisServer, free_port, python_service, wait_port
 from tests.support.stack import wait_until
 
 CONNECTIONS = 64
@@ -149,6 +150,23 @@ def _median_run(runs: list[dict[str, float]]) -> dict[str, float]:
     return sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
 
 
+def _wait_delivered(lines: OutboxLines, count: int, work: Path, forwarder: Managed) -> None:
+    """Wait (at most 300 s) until ``count`` records are in the outbox; if they are not,
+    say where the rest are (spool states, the forwarder's state and log) before failing."""
+    try:
+        wait_until(lambda: lines() >= count, 300, f"{count} records in the outbox")
+    except AssertionError:
+        with sqlite3.connect(f"file:{work / 'spool.db'}?mode=ro", uri=True) as db:
+            states = dict(db.execute("SELECT state, count(*) FROM records GROUP BY state"))
+        code = forwarder.proc.poll() if forwarder.proc is not None else None
+        print(
+            f"outbox has {lines()} of {count}; spool records by state (0 Enqueued,"
+            f" 1 InFlight, 2 Acked, 3 Dead): {states}; forwarder exit code: {code}"
+        )
+        print("forwarder log (end):\n" + forwarder.log_text()[-4000:])
+        raise
+
+
 def run() -> dict[str, float]:
     """Measure; return the figures."""
     if shutil.which("wrk") is None:
@@ -201,7 +219,7 @@ def run() -> dict[str, float]:
             repeats_noop, repeats = _repeats(base, work, alones[0]["requests"], server)
             forwarder.start()
             lines = OutboxLines(work / "outbox")  # the polls read only what is new
-            wait_until(lambda: lines() >= stored, 300, "backlog")
+            _wait_delivered(lines, stored, work, forwarder)
             # The uplink up: the forwarder drains into the file sink while ingest runs.
             (work / "ingest.lua").write_text(_ingest_lua(ROUNDS * ROUND_SEQS))
             durable = wrk(
@@ -213,7 +231,7 @@ def run() -> dict[str, float]:
             )
             accepted = stored + durable["requests"] - durable["non_2xx"]
             started = time.monotonic()
-            wait_until(lambda: lines() >= accepted, 300, "outbox drained")
+            _wait_delivered(lines, accepted, work, forwarder)
             drain_s = time.monotonic() - started
             # The floor, with the uplink down again as for "ingest alone".
             forwarder.stop()
